@@ -1,0 +1,3 @@
+from rendernode.cli import main
+
+raise SystemExit(main())

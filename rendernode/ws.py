@@ -1,0 +1,186 @@
+"""WebSocket channels: a snapshot, then every later event in order, with resume and eviction.
+
+The subscription is registered before anything is awaited, so no event can
+fall between the snapshot and the stream. A subscriber whose queue overflows
+is closed with 1013 (try again later) and may reconnect with ``?since=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from rendernode.api import job_body
+from rendernode.events import CLOSED, EVICTED, Subscription
+from rendernode.jobs import ApiError, InvalidRequest, NotFound
+from rendernode.keys import HUB, STORE, SUPERVISOR
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 20.0
+SNAPSHOT_JOBS = 50
+CLOSE_TIMEOUT = 2.0
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+def check_origin(request: web.Request) -> None:
+    """Browsers send Origin on WebSocket handshakes; only the node's own pages may connect."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser: curl, the CLI, the farm
+    try:
+        parsed = URL(origin)
+        origin_host = f"{parsed.host}:{parsed.port}" if parsed.port else str(parsed.host)
+    except ValueError:
+        raise Forbidden("bad Origin header") from None
+    host = request.host
+    if ":" not in host and parsed.port:
+        host = f"{host}:{80 if request.scheme == 'http' else 443}"
+    if origin_host.lower() != host.lower():
+        raise Forbidden(f"cross-origin WebSocket from {origin} refused")
+
+
+def _since(request: web.Request) -> int | None:
+    raw = request.query.get("since")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest("'since' must be an integer sequence number", field="since") from None
+    if value < 0:
+        raise InvalidRequest("'since' must not be negative", field="since")
+    return value
+
+
+async def _job_snapshot(request: web.Request, job_id: str, seq: int) -> dict[str, Any]:
+    found = await request.app[STORE].get_job_with_frames(job_id)
+    if found is None:
+        raise NotFound(f"no job {job_id!r} on this node")
+    job, frames = found
+    return {"type": "snapshot", "job_id": job_id, "seq": seq, "job": job_body(job, request.app[SUPERVISOR], len(frames), frames)}
+
+
+async def _all_snapshot(request: web.Request, gseq: int) -> dict[str, Any]:
+    store = request.app[STORE]
+    jobs, total = await store.list_jobs(SNAPSHOT_JOBS, 0)
+    counts = await store.frame_counts([j.id for j in jobs])
+    supervisor = request.app[SUPERVISOR]
+    return {
+        "type": "snapshot",
+        "gseq": gseq,
+        "total": total,
+        "jobs": [job_body(j, supervisor, counts.get(j.id, 0)) for j in jobs],
+    }
+
+
+async def job_ws(request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["job_id"]
+    if await request.app[STORE].get_job(job_id) is None:
+        raise NotFound(f"no job {job_id!r} on this node")
+    return await _serve(request, job_id)
+
+
+async def all_ws(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, None)
+
+
+async def _serve(request: web.Request, job_id: str | None) -> web.StreamResponse:
+    check_origin(request)
+    since = _since(request)
+    hub = request.app[HUB]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    sockets = request.app[OPEN_SOCKETS]
+    sockets.add(ws)
+    # Subscribe and read the replay position in one synchronous step: the gap-free point.
+    sub = hub.subscribe(job_id)
+    seq_now = hub.job_seq(job_id) if job_id is not None else hub.global_seq
+    replay = hub.replay_since(job_id, since) if since is not None else None
+    pump = asyncio.create_task(_pump(ws, sub, request, job_id, seq_now, replay))
+    reader = asyncio.create_task(_read_until_closed(ws))
+    reader.add_done_callback(lambda _t: sub.end(CLOSED))
+
+    def stop_stuck_send(why: object) -> None:
+        # A subscriber stuck in send() (its socket is full) is cut off now, not after the send.
+        if why is EVICTED and not pump.done():
+            pump.cancel()
+
+    sub.on_end = stop_stuck_send
+    try:
+        await asyncio.wait({pump})
+        if sub.evicted:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"subscriber too slow; reconnect with since"),
+                    CLOSE_TIMEOUT,
+                )
+            if not ws.closed and request.transport is not None:
+                request.transport.abort()
+        elif not ws.closed:
+            await ws.close()
+    finally:
+        hub.unsubscribe(sub)
+        reader.cancel()
+        pump.cancel()
+        sockets.discard(ws)
+    return ws
+
+
+async def _pump(
+    ws: web.WebSocketResponse,
+    sub: Subscription,
+    request: web.Request,
+    job_id: str | None,
+    seq_now: int,
+    replay: list[str] | None,
+) -> None:
+    try:
+        if replay is None:
+            if job_id is not None:
+                snapshot = await _job_snapshot(request, job_id, seq_now)
+            else:
+                snapshot = await _all_snapshot(request, seq_now)
+            await ws.send_json(snapshot)
+        else:
+            for text in replay:
+                await ws.send_str(text)
+        while True:
+            item = await sub.next()
+            if item is EVICTED or item is CLOSED:
+                return
+            assert isinstance(item, str)
+            await ws.send_str(item)
+    except (ConnectionResetError, RuntimeError):
+        return  # the peer went away mid-send
+
+
+async def _read_until_closed(ws: web.WebSocketResponse) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT and msg.data == "ping":
+            await ws.send_str('{"type":"pong"}')
+        elif msg.type == WSMsgType.ERROR:
+            return
+
+
+OPEN_SOCKETS = web.AppKey("open_sockets", set)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ws", all_ws)
+    app.router.add_get("/job/{job_id}/ws", job_ws)
+
+
+async def close_sockets(app: web.Application) -> None:
+    for ws in list(app[OPEN_SOCKETS]):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
