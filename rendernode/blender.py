@@ -134,6 +134,24 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def kill_leftover(pid: int, marker: str) -> bool:
+    """Kill a Blender left running by a node that died without stopping it.
+
+    Only a process whose command line names ``marker`` (the job's output dir) is
+    touched, so a recycled pid belonging to something else is left alone.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    if marker not in cmdline:
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    log.warning("killed Blender pid %d left over from the previous run", pid)
+    return True
+
+
 def _demo_stamp(info: BlenderInfo) -> str:
     digest = hashlib.sha256(DEMO_SCRIPT.read_bytes())
     digest.update(info.version.encode())

@@ -199,14 +199,18 @@ class Store:
 
         return await self._run(select)
 
-    async def requeue_interrupted(self) -> int:
-        """Jobs left ``running`` by a node that died go back to the queue, keeping their place."""
+    async def requeue_interrupted(self) -> list[tuple[str, int | None]]:
+        """Jobs left ``running`` by a node that died go back to the queue, keeping their place.
 
-        def update(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
+        Returns each such job's id with the pid its Blender had, so a survivor can be stopped.
+        """
+
+        def update(conn: sqlite3.Connection) -> list[tuple[str, int | None]]:
+            rows = conn.execute("SELECT id, pid FROM jobs WHERE status=?", (JobStatus.RUNNING.value,)).fetchall()
+            conn.execute(
                 "UPDATE jobs SET status=?, pid=NULL WHERE status=?", (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
             )
-            return cur.rowcount
+            return [(r[0], r[1]) for r in rows]
 
         return await self._run(update)
 

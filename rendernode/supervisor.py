@@ -66,8 +66,10 @@ class Supervisor:
     # --- lifecycle ---
     async def start(self) -> None:
         requeued = await self.store.requeue_interrupted()
-        if requeued:
-            log.warning("re-queued %d job(s) interrupted by the node's last stop", requeued)
+        for job_id, pid in requeued:
+            log.warning("re-queued job %s, interrupted when the node last stopped", job_id)
+            if pid is not None:
+                blender.kill_leftover(pid, str(self.settings.outputs / job_id))
         self._queue.extend(await self.store.queued_ids())
         self._pump()
 
