@@ -7,10 +7,11 @@ import hmac
 import json
 import logging
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from rendernode import __version__
 from rendernode.jobs import (
@@ -326,7 +327,7 @@ async def _upload_chunks(request: web.Request) -> AsyncIterator[bytes]:
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
         async for part in reader:
-            if isinstance(part, web.BodyPartReader) and part.filename:
+            if isinstance(part, BodyPartReader) and part.filename:
                 while chunk := await part.read_chunk(256 * 1024):
                     yield chunk
                 return
@@ -368,4 +369,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/scenes", upload_scene)
     app.router.add_get("/", index)
     app.router.add_get("/openapi.yaml", openapi)
-

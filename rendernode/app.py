@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -26,7 +26,10 @@ MAX_JSON_BODY = 64 * 1024
 
 def static_dir() -> Path:
     """``static/`` beside the package in a checkout or editable install, else where setup.cfg installs it."""
-    for candidate in (Path(__file__).resolve().parent.parent / "static", Path(sys.prefix) / "share" / "rendernode" / "static"):
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "static",
+        Path(sys.prefix) / "share" / "rendernode" / "static",
+    ):
         if (candidate / "index.html").is_file():
             return candidate
     raise FileNotFoundError("rendernode's static/ directory is missing from this installation")

@@ -54,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _bar(percent: float, width: int = 30) -> str:
-    filled = int(round(width * min(max(percent, 0.0), 100.0) / 100.0))
+    filled = round(width * min(max(percent, 0.0), 100.0) / 100.0)
     return "#" * filled + "-" * (width - filled)
 
 
@@ -98,7 +98,10 @@ class ProgressPrinter:
             )
         elif kind == "frame_done":
             self.done = event.get("frames_done", self.done + 1)
-            self.line(f"frame {event['frame']} done in {event['render_seconds']:.2f} s  ({self.done}/{self.total})", permanent=True)
+            self.line(
+                f"frame {event['frame']} done in {event['render_seconds']:.2f} s  ({self.done}/{self.total})",
+                permanent=True,
+            )
         elif kind in ("job_completed", "job_failed", "job_cancelled"):
             status = kind.removeprefix("job_")
             error = f": {event['error']}" if event.get("error") else ""
@@ -112,7 +115,7 @@ async def _follow(client: NodeClient, job_id: str, printer: ProgressPrinter) -> 
     try:
         async for event in client.events(job_id):
             printer.event(event)
-            kind = event.get("type", "")
+            kind = str(event.get("type", ""))
             if kind in ("job_completed", "job_failed", "job_cancelled"):
                 return kind.removeprefix("job_")
             if kind == "snapshot" and event["job"]["status"] in TERMINAL:
@@ -166,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--url", default=os.environ.get("RENDERNODE_URL", DEFAULT_URL), help="the node (default %(default)s)")
-        sub.add_argument("--token", default=os.environ.get("RENDERNODE_TOKEN"), help="bearer token, if the node needs one")
+        sub.add_argument(
+            "--url", default=os.environ.get("RENDERNODE_URL", DEFAULT_URL), help="the node (default %(default)s)"
+        )
+        sub.add_argument(
+            "--token", default=os.environ.get("RENDERNODE_TOKEN"), help="bearer token, if the node needs one"
+        )
         return sub
 
     submit = client_parser("submit", "submit a job")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 ENV_PREFIX = "RENDERNODE_"
 

@@ -107,11 +107,15 @@ class JobSpec:
 
 def _frame(body: dict[str, Any], name: str) -> int:
     if name not in body:
-        raise InvalidRequest(f"'{name}' is required: the {'first' if name == 'from' else 'last'} frame to render", field=name)
+        raise InvalidRequest(
+            f"'{name}' is required: the {'first' if name == 'from' else 'last'} frame to render", field=name
+        )
     value = body[name]
     # bool is an int subclass in Python; JSON true is not a frame number.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequest(f"'{name}' must be an integer frame number, got {type(value).__name__} {value!r:.40}", field=name)
+        raise InvalidRequest(
+            f"'{name}' must be an integer frame number, got {type(value).__name__} {value!r:.40}", field=name
+        )
     if not 0 <= value <= MAX_FRAME_NUMBER:
         raise InvalidRequest(f"'{name}' must be between 0 and {MAX_FRAME_NUMBER}", field=name)
     return value
@@ -128,7 +132,7 @@ def _choice(body: dict[str, Any], name: str, allowed: tuple[str, ...], default: 
 
 def parse_job_spec(body: Any, *, max_frames: int) -> JobSpec:
     if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object like {\"from\": 1, \"to\": 5}")
+        raise InvalidRequest('the body must be a JSON object like {"from": 1, "to": 5}')
     frame_from = _frame(body, "from")
     frame_to = _frame(body, "to")
     if frame_from > frame_to:
@@ -146,5 +150,7 @@ def parse_job_spec(body: Any, *, max_frames: int) -> JobSpec:
 
 def validate_scene_name(name: Any) -> str:
     if not isinstance(name, str) or not SCENE_NAME.match(name) or ".." in name:
-        raise InvalidRequest("'scene' must be the file name of a .blend in the scenes dir (no '/' or '..')", field="scene")
+        raise InvalidRequest(
+            "'scene' must be the file name of a .blend in the scenes dir (no '/' or '..')", field="scene"
+        )
     return name

@@ -103,9 +103,7 @@ _CLOCK = r"(?:\d+:)?\d+:\d+(?:\.\d+)?"
 _LOG_PREFIX = re.compile(r"^\s*" + _CLOCK + r"\s+[\w.]+\s+\|\s?")
 _VERSION = re.compile(r"^Blender (\d+)\.(\d+)(?:\.(\d+))?(?:\s|$)")
 _READ_BLEND = re.compile(r"^Read blend: [\"']?(.*?)[\"']?$")
-_FRA_HEAD = re.compile(
-    r"^Fra:(-?\d+) Mem:([\d.]+)M \((?:[\d.]+M, )?Peak ([\d.]+)M\)$"
-)
+_FRA_HEAD = re.compile(r"^Fra:(-?\d+) Mem:([\d.]+)M \((?:[\d.]+M, )?Peak ([\d.]+)M\)$")
 _SAVED = re.compile(r"^Saved: [\"'](.*)[\"']$")
 _FRAME_TIME = re.compile(r"^\s*Time: (" + _CLOCK + r") \(Saving: (" + _CLOCK + r")\)\s*$")
 _APPEND = re.compile(r"^Append frame (-?\d+)")
@@ -132,8 +130,8 @@ def _progress(status: str) -> tuple[int | None, int | None, float | None]:
         return None, None, 100.0
     eevee = _EEVEE_SAMPLES.match(status)
     if eevee:
-        sample, samples = int(eevee[1]), int(eevee[2])
-        return sample, samples, _ratio(sample, samples)
+        done, count = int(eevee[1]), int(eevee[2])
+        return done, count, _ratio(done, count)
     sample_match = _SAMPLE.search(status)
     sample = int(sample_match[1]) if sample_match else None
     samples = int(sample_match[2]) if sample_match else None
@@ -374,8 +372,8 @@ class FrameTracker:
         frame_changed = bool(events)
         if stats.percent is not None:
             self.current_percent = stats.percent
-        self.current_remaining = stats.remaining if stats.remaining is not None else (
-            0.0 if stats.percent == 100.0 else None
+        self.current_remaining = (
+            stats.remaining if stats.remaining is not None else (0.0 if stats.percent == 100.0 else None)
         )
         self.current_status = stats.status
         final = stats.percent == 100.0

@@ -6,9 +6,9 @@ import asyncio
 import hashlib
 import os
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiofiles
 import aiofiles.os

@@ -11,10 +11,11 @@ import asyncio
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from rendernode.jobs import JobSpec, JobStatus
 
@@ -138,8 +139,17 @@ class Store:
                     conn.execute(
                         "INSERT INTO jobs (id, status, scene, scene_path, engine, format, frame_from, frame_to,"
                         " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (job_id, JobStatus.QUEUED.value, scene, scene_path, spec.engine, spec.format,
-                         spec.frame_from, spec.frame_to, time.time()),
+                        (
+                            job_id,
+                            JobStatus.QUEUED.value,
+                            scene,
+                            scene_path,
+                            spec.engine,
+                            spec.format,
+                            spec.frame_from,
+                            spec.frame_to,
+                            time.time(),
+                        ),
                     )
                     break
                 except sqlite3.IntegrityError:

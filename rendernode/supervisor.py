@@ -9,6 +9,7 @@ in terminate → grace period → kill → reap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -202,9 +203,9 @@ class Supervisor:
             self._runs[job_id] = run
             task = asyncio.create_task(self._run_guarded(run), name=f"job-{job_id}")
             self._tasks[job_id] = task
-            task.add_done_callback(lambda _t, j=job_id: self._on_run_done(j))
+            task.add_done_callback(functools.partial(self._on_run_done, job_id))
 
-    def _on_run_done(self, job_id: str) -> None:
+    def _on_run_done(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._tasks.pop(job_id, None)
         self._runs.pop(job_id, None)
         if not self._closing:

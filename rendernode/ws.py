@@ -67,7 +67,12 @@ async def _job_snapshot(request: web.Request, job_id: str, seq: int) -> dict[str
     if found is None:
         raise NotFound(f"no job {job_id!r} on this node")
     job, frames = found
-    return {"type": "snapshot", "job_id": job_id, "seq": seq, "job": job_body(job, request.app[SUPERVISOR], len(frames), frames)}
+    return {
+        "type": "snapshot",
+        "job_id": job_id,
+        "seq": seq,
+        "job": job_body(job, request.app[SUPERVISOR], len(frames), frames),
+    }
 
 
 async def _all_snapshot(request: web.Request, gseq: int) -> dict[str, Any]:
@@ -172,7 +177,7 @@ async def _read_until_closed(ws: web.WebSocketResponse) -> None:
             return
 
 
-OPEN_SOCKETS = web.AppKey("open_sockets", set)
+OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])
 
 
 def add_routes(app: web.Application) -> None:
@@ -181,6 +186,7 @@ def add_routes(app: web.Application) -> None:
 
 
 async def close_sockets(app: web.Application) -> None:
-    for ws in list(app[OPEN_SOCKETS]):
+    sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    for ws in tuple(sockets):
         with contextlib.suppress(Exception):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")

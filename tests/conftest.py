@@ -35,8 +35,10 @@ def real_blender_path() -> str:
 def fake_blender(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An executable that behaves like Blender, driven by FAKE_BLENDER_* variables."""
     wrapper = tmp_path_factory.mktemp("fake-blender") / "blender"
-    wrapper.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(TESTS / 'fake_blender.py')!r}\n"
-                       f"runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    wrapper.write_text(
+        f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(TESTS / 'fake_blender.py')!r}\n"
+        f"runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -144,11 +146,25 @@ class NodeProcess:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"node-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "rendernode", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
-                "--blender", blender, "--stop-grace", "2", *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "rendernode",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--blender",
+            blender,
+            "--stop-grace",
+            "2",
+            *extra,
+        ]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         import urllib.request

@@ -34,8 +34,17 @@ def png_bytes(width: int = 8, height: int = 6, shade: int = 128) -> bytes:
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     options: dict[str, str] = {}
-    flags_with_value = {"-b": "file", "-o": "output", "-F": "format", "-s": "start", "-e": "end", "-E": "engine",
-                        "-t": "threads", "-x": "ext", "--log-level": "log_level"}
+    flags_with_value = {
+        "-b": "file",
+        "-o": "output",
+        "-F": "format",
+        "-s": "start",
+        "-e": "end",
+        "-E": "engine",
+        "-t": "threads",
+        "-x": "ext",
+        "--log-level": "log_level",
+    }
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -62,7 +71,8 @@ def frame_path(pattern: str, frame: int, extension: str) -> str:
 
 def render_frame(frame: int, seconds: float) -> None:
     steps = 4
-    out(f"Fra:{frame} Mem:9.05M (Peak 10.83M) | Time:00:00.00 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer | Synchronizing object | Cube")
+    head = f"Fra:{frame} Mem:9.05M (Peak 10.83M) | Time:00:00.00 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer"
+    out(f"{head} | Synchronizing object | Cube")
     for step in range(1, steps + 1):
         time.sleep(seconds / steps)
         sample = step * 4
@@ -71,7 +81,8 @@ def render_frame(frame: int, seconds: float) -> None:
             f"Fra:{frame} Mem:11.89M (Peak 11.89M) | Time:00:{seconds * step / steps:05.2f} | "
             f"Remaining:00:{remaining:05.2f} | Mem:2.74M, Peak:2.74M | Scene, ViewLayer | Sample {sample}/16"
         )
-    out(f"Fra:{frame} Mem:12.77M (Peak 14.53M) | Time:00:{seconds:05.2f} | Mem:2.74M, Peak:2.74M | Scene, ViewLayer | Finished")
+    out(f"Fra:{frame} Mem:12.77M (Peak 14.53M) | Time:00:{seconds:05.2f} | Mem:2.74M, Peak:2.74M | Scene, ViewLayer"
+        " | Finished")
 
 
 def replay(log_path: str, options: dict[str, str], extension: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-
 from conftest import BLEND_HEADER, NodeFactory, eventually, pid_alive, wait_terminal
 
 
@@ -55,8 +55,12 @@ async def test_ids_are_opaque_and_distinct(node: TestClient) -> None:
 
 
 async def test_unknown_job_is_404_with_json_error(node: TestClient) -> None:
-    for method, path in [("GET", "/job/nope"), ("DELETE", "/job/nope"), ("GET", "/job/nope/log"),
-                         ("GET", "/job/nope/frames/1")]:
+    for method, path in [
+        ("GET", "/job/nope"),
+        ("DELETE", "/job/nope"),
+        ("GET", "/job/nope/log"),
+        ("GET", "/job/nope/frames/1"),
+    ]:
         response = await node.request(method, path)
         assert response.status == 404, path
         assert (await response.json())["error"] == "not_found"
@@ -107,11 +111,15 @@ async def test_non_json_and_oversized_bodies(node: TestClient) -> None:
     assert (await form.json())["error"] == "unsupported_media_type"
     garbage = await node.post("/job", data=b"\xff\xfe{not json", headers={"Content-Type": "application/json"})
     assert garbage.status == 400
-    huge_digits = await node.post("/job", data='{"from": 1' + "0" * 5000 + ', "to": 2}',
-                                  headers={"Content-Type": "application/json"})
+    huge_digits = await node.post(
+        "/job", data='{"from": 1' + "0" * 5000 + ', "to": 2}', headers={"Content-Type": "application/json"}
+    )
     assert huge_digits.status in (400, 413)
-    oversized = await node.post("/job", data=b'{"from": 1, "to": 2, "pad": "' + b"x" * 200_000 + b'"}',
-                                headers={"Content-Type": "application/json"})
+    oversized = await node.post(
+        "/job",
+        data=b'{"from": 1, "to": 2, "pad": "' + b"x" * 200_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert oversized.status == 413
     assert (await oversized.json())["error"] == "payload_too_large"
     wrong_method = await node.put("/job")
@@ -119,9 +127,7 @@ async def test_non_json_and_oversized_bodies(node: TestClient) -> None:
     assert (await node.get("/health")).status == 200
 
 
-async def test_blender_exit_zero_without_frames_is_failed_with_its_error_line(
-    node: TestClient, fake_env: Any
-) -> None:
+async def test_blender_exit_zero_without_frames_is_failed_with_its_error_line(node: TestClient, fake_env: Any) -> None:
     fake_env(mode="no-camera")
     job = await submit(node)
     done = await wait_terminal(node, job["id"])
@@ -175,7 +181,7 @@ async def test_jobs_wait_fifo_beyond_the_concurrency_limit(make_node: NodeFactor
     starts = [j["started_at"] for j in finished]
     assert starts == sorted(starts)
     # One at a time: each started after the previous one finished.
-    for before, after in zip(finished, finished[1:], strict=False):
+    for before, after in itertools.pairwise(finished):
         assert after["started_at"] >= before["finished_at"]
 
 
@@ -272,8 +278,9 @@ async def test_missing_blender_is_reported_and_jobs_fail_clearly(make_node: Node
 
 
 async def test_scene_upload_is_checked_deduplicated_and_renderable(node: TestClient) -> None:
-    not_blend = await node.post("/scenes", data=b"hello, not a blend file",
-                                headers={"Content-Type": "application/octet-stream"})
+    not_blend = await node.post(
+        "/scenes", data=b"hello, not a blend file", headers={"Content-Type": "application/octet-stream"}
+    )
     assert not_blend.status == 400
     payload = BLEND_HEADER + b"scene-a"
     first = await node.post("/scenes", data=payload, headers={"Content-Type": "application/octet-stream"})
@@ -290,7 +297,10 @@ async def test_scene_upload_is_checked_deduplicated_and_renderable(node: TestCli
 
 async def test_scene_upload_size_limit(make_node: NodeFactory) -> None:
     client = await make_node(max_upload_mb=1)
-    response = await client.post("/scenes", data=io.BytesIO(BLEND_HEADER + b"x" * (2 * 1024 * 1024)),
-                                 headers={"Content-Type": "application/octet-stream"})
+    response = await client.post(
+        "/scenes",
+        data=io.BytesIO(BLEND_HEADER + b"x" * (2 * 1024 * 1024)),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert response.status == 413
     assert (await client.get("/health")).status == 200

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-
 from conftest import NodeFactory, eventually, wait_terminal
 
 DEMO_SIZE = (320, 180)
@@ -28,11 +27,14 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def make_blend(blender: str, path: Path, script: str) -> Path:
     """Build a .blend with a few lines of bpy, run by the real Blender."""
-    code = "import bpy\nbpy.ops.wm.read_factory_settings(use_empty=True)\n" + script + (
-        f"\nbpy.ops.wm.save_as_mainfile(filepath={str(path)!r})\n"
+    code = (
+        "import bpy\nbpy.ops.wm.read_factory_settings(use_empty=True)\n"
+        + script
+        + (f"\nbpy.ops.wm.save_as_mainfile(filepath={str(path)!r})\n")
     )
-    subprocess.run([blender, "-b", "--factory-startup", "--python-expr", code], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [blender, "-b", "--factory-startup", "--python-expr", code], check=True, capture_output=True, timeout=120
+    )
     assert path.is_file()
     return path
 
@@ -65,7 +67,9 @@ async def test_demo_scene_renders_real_pngs(blender_node: TestClient, tmp_path: 
 
 async def test_eevee_and_workbench_render_too(blender_node: TestClient, tmp_path: Path) -> None:
     for engine in ("BLENDER_WORKBENCH", "BLENDER_EEVEE"):
-        job = await (await blender_node.post("/job", json={"from": 2, "to": 2, "engine": engine, "format": "JPEG"})).json()
+        job = await (
+            await blender_node.post("/job", json={"from": 2, "to": 2, "engine": engine, "format": "JPEG"})
+        ).json()
         done = await wait_terminal(blender_node, job["id"], timeout=120)
         assert done["status"] == "completed", (engine, done)
         assert (tmp_path / "real" / "output" / job["id"] / "frame_00002.jpg").stat().st_size > 0
@@ -145,12 +149,16 @@ async def test_embedded_python_in_a_blend_never_runs(
     scenes = tmp_path / "real" / "scenes"
     blend = make_blend(real_blender, scenes / "payload.blend", script)
     # Control: with autoexec allowed, Blender does run the registered text on load.
-    await asyncio.to_thread(subprocess.run, [real_blender, "-b", "--enable-autoexec", str(blend)],
-                            capture_output=True, timeout=120)
+    await asyncio.to_thread(
+        subprocess.run, [real_blender, "-b", "--enable-autoexec", str(blend)], capture_output=True, timeout=120
+    )
     assert marker.exists(), "control failed: the payload should run when autoexec is enabled"
     marker.unlink()
-    job = await (await blender_node.post("/job", json={"from": 1, "to": 1, "scene": "payload.blend",
-                                                       "engine": "BLENDER_WORKBENCH"})).json()
+    job = await (
+        await blender_node.post(
+            "/job", json={"from": 1, "to": 1, "scene": "payload.blend", "engine": "BLENDER_WORKBENCH"}
+        )
+    ).json()
     done: dict[str, Any] = await wait_terminal(blender_node, job["id"], timeout=120)
     assert done["status"] == "completed", done
     assert not marker.exists(), "the .blend's embedded Python ran on the render node"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import FIXTURES
+
 from rendernode.progress import (
     AppendFrame,
     BlenderError,
@@ -48,17 +48,28 @@ def test_every_fixture_parses_without_error() -> None:
 
 
 def test_cycles_stats_line() -> None:
-    line = ("Fra:1 Mem:11.89M (Peak 11.89M) | Time:00:00.07 | Remaining:00:00.34 | Mem:2.74M, Peak:2.74M"
-            " | Scene, ViewLayer | Sample 1/16")
+    line = (
+        "Fra:1 Mem:11.89M (Peak 11.89M) | Time:00:00.07 | Remaining:00:00.34 | Mem:2.74M, Peak:2.74M"
+        " | Scene, ViewLayer | Sample 1/16"
+    )
     assert parse_line(line) == RenderStats(
-        frame=1, elapsed=0.07, remaining=0.34, memory_mb=11.89, peak_mb=11.89,
-        status="Sample 1/16", sample=1, samples=16, percent=6.25,
+        frame=1,
+        elapsed=0.07,
+        remaining=0.34,
+        memory_mb=11.89,
+        peak_mb=11.89,
+        status="Sample 1/16",
+        sample=1,
+        samples=16,
+        percent=6.25,
     )
 
 
 def test_cycles_status_with_a_pipe_inside() -> None:
-    line = ("Fra:1 Mem:9.05M (Peak 10.83M) | Time:00:00.00 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer"
-            " | Synchronizing object | Cube")
+    line = (
+        "Fra:1 Mem:9.05M (Peak 10.83M) | Time:00:00.00 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer"
+        " | Synchronizing object | Cube"
+    )
     parsed = parse_line(line)
     assert isinstance(parsed, RenderStats)
     assert parsed.status == "Synchronizing object | Cube" and parsed.percent is None
@@ -76,7 +87,9 @@ def test_cycles_status_with_a_pipe_inside() -> None:
     ],
 )
 def test_cycles_progress_forms(status: str, sample: int | None, samples: int | None, percent: float | None) -> None:
-    parsed = parse_line(f"Fra:7 Mem:1.00M (Peak 2.00M) | Time:01:02:03.50 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer | {status}")
+    parsed = parse_line(
+        f"Fra:7 Mem:1.00M (Peak 2.00M) | Time:01:02:03.50 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer | {status}"
+    )
     assert isinstance(parsed, RenderStats)
     assert (parsed.sample, parsed.samples, parsed.percent) == (sample, samples, percent)
     assert parsed.elapsed == 3723.5
@@ -88,8 +101,10 @@ def test_eevee_and_workbench_and_28x_forms() -> None:
     assert (eevee.sample, eevee.samples, eevee.percent, eevee.status) == (26, 64, 40.62, "Rendering 26 / 64 samples")
     syncing = parse_line("Fra:1 Mem:11.62M (Peak 12.75M) | Time:00:01.58 | Syncing Cube")
     assert isinstance(syncing, RenderStats) and syncing.status == "Syncing Cube" and syncing.percent is None
-    old = parse_line("Fra:3 Mem:22.41M (0.00M, Peak 22.43M) | Time:00:00.33 | Mem:0.00M, Peak:0.00M"
-                     " | Scene, RenderLayer | Path Tracing Tile 1/8")
+    old = parse_line(
+        "Fra:3 Mem:22.41M (0.00M, Peak 22.43M) | Time:00:00.33 | Mem:0.00M, Peak:0.00M"
+        " | Scene, RenderLayer | Path Tracing Tile 1/8"
+    )
     assert isinstance(old, RenderStats) and (old.frame, old.peak_mb, old.percent) == (3, 22.43, 12.5)
 
 
@@ -119,8 +134,10 @@ def test_blender_5_log_prefix_is_stripped() -> None:
         Saved("/renders/out/f_0001.png"),
         Saved("/renders/out/f_0002.png"),
     ]
-    prefixed_stats = parse_line("00:01.020  render           | Fra:1 Mem:11.89M (Peak 11.89M) | Time:00:00.07"
-                                " | Mem:2.74M, Peak:2.74M | Scene, ViewLayer | Sample 8/16")
+    prefixed_stats = parse_line(
+        "00:01.020  render           | Fra:1 Mem:11.89M (Peak 11.89M) | Time:00:00.07"
+        " | Mem:2.74M, Peak:2.74M | Scene, ViewLayer | Sample 8/16"
+    )
     assert isinstance(prefixed_stats, RenderStats) and prefixed_stats.percent == 50.0
 
 
@@ -163,9 +180,12 @@ def test_tracker_on_real_cycles_log_emits_each_frame_in_order() -> None:
     tracker, events = track("3.4-cycles-frames-1-3.log", [1, 2, 3])
     kinds = [(e["type"], e.get("frame")) for e in events if e["type"] != "frame_progress"]
     assert kinds == [
-        ("frame_started", 1), ("frame_done", 1),
-        ("frame_started", 2), ("frame_done", 2),
-        ("frame_started", 3), ("frame_done", 3),
+        ("frame_started", 1),
+        ("frame_done", 1),
+        ("frame_started", 2),
+        ("frame_done", 2),
+        ("frame_started", 3),
+        ("frame_done", 3),
     ]
     done = [e for e in events if e["type"] == "frame_done"]
     assert done[0]["render_seconds"] == 0.6  # Blender's own " Time:" figure, not our clock
@@ -189,7 +209,10 @@ def test_tracker_throttles_progress_but_keeps_the_final_sample() -> None:
 
 
 def test_tracker_on_eevee_and_workbench_logs() -> None:
-    for name, expected_times in [("3.4-eevee-frames-1-2.log", [7.35, 1.01]), ("3.4-workbench-frames-1-2.log", [0.71, 0.07])]:
+    for name, expected_times in [
+        ("3.4-eevee-frames-1-2.log", [7.35, 1.01]),
+        ("3.4-workbench-frames-1-2.log", [0.71, 0.07]),
+    ]:
         _, events = track(name, [1, 2])
         done = [e for e in events if e["type"] == "frame_done"]
         assert [e["frame"] for e in done] == [1, 2], name
@@ -199,7 +222,10 @@ def test_tracker_on_eevee_and_workbench_logs() -> None:
 def test_tracker_on_blender_5_log_counts_saved_frames() -> None:
     _, events = track("5.0-bpy-module-cycles-frames-1-2.log", [1, 2])
     assert [(e["type"], e["frame"]) for e in events] == [
-        ("frame_started", 1), ("frame_done", 1), ("frame_started", 2), ("frame_done", 2),
+        ("frame_started", 1),
+        ("frame_done", 1),
+        ("frame_started", 2),
+        ("frame_done", 2),
     ]
 
 
@@ -216,7 +242,10 @@ def test_tracker_records_errors_and_warnings() -> None:
         ("3.4-error-missing-file.log", "Cannot read file '/nonexistent/scene.blend': No such file or directory"),
         ("3.4-error-not-a-blend.log", "File format is not supported in file '/renders/bad.blend'"),
         ("3.4-error-unknown-engine.log", "engine not found 'NOPE'"),
-        ("3.4-error-newer-file-format.log", "Failed to read blend file '/scenes/37_lamp_Cycles.blend', not a blend file"),
+        (
+            "3.4-error-newer-file-format.log",
+            "Failed to read blend file '/scenes/37_lamp_Cycles.blend', not a blend file",
+        ),
     ]:
         assert track(name, [1])[0].last_error == error
 
@@ -233,9 +262,13 @@ def test_tracker_resumes_past_frames_already_done() -> None:
 def test_job_percent_blends_the_current_frame() -> None:
     tracker = FrameTracker([1, 2])
     tracker.start(0.0)
-    tracker.feed(parse_line("Fra:1 Mem:1M (Peak 1M) | Time:00:01.00 | Remaining:00:03.00 | Mem:0M, Peak:0M"
-                            " | Scene, ViewLayer | Sample 4/16"), 1.0)
+    tracker.feed(
+        parse_line(
+            "Fra:1 Mem:1M (Peak 1M) | Time:00:01.00 | Remaining:00:03.00 | Mem:0M, Peak:0M"
+            " | Scene, ViewLayer | Sample 4/16"
+        ),
+        1.0,
+    )
     assert tracker.percent() == 12.5
     # Current frame: 3 s left by Blender's estimate; the next frame is assumed to take as long (4 s).
     assert tracker.eta_seconds(1.0) == 7.0
-
