@@ -40,14 +40,23 @@ class Subscription:
     closed: bool = False
     # Called once when the stream ends, e.g. to interrupt a send stuck on a full socket.
     on_end: Callable[[_Signal], None] | None = None
+    # Fast path: writes one event straight to the peer; returns False when it cannot right now.
+    write_now: Callable[[bytes], bool] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """The reader is parked on an empty queue, so a direct write cannot overtake anything."""
+        return self.waiter is not None and not self.queue
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    def offer(self, text: str) -> bool:
-        """Queue one serialised event; False when the subscriber is too far behind."""
+    def offer(self, text: str, data: bytes) -> bool:
+        """Deliver or queue one serialised event; False when the subscriber is too far behind."""
         if self.closed:
+            return True
+        if self.write_now is not None and self.idle and self.write_now(data):
             return True
         if len(self.queue) >= self.maxsize:
             return False
@@ -97,13 +106,14 @@ class EventHub:
         event: Event = {"type": event_type, "job_id": job_id, "seq": seq, "gseq": self._global_seq, "ts": time.time()}
         event.update(data)
         text = json.dumps(event, separators=(",", ":"))
+        encoded = text.encode()
         replay = self._job_replay.get(job_id)
         if replay is None:
             replay = self._job_replay[job_id] = deque(maxlen=self.replay_per_job)
         replay.append((seq, text))
         self._global_replay.append((self._global_seq, text))
         for sub in list(self._by_job.get(job_id, ())) + list(self._all):
-            if not sub.offer(text):
+            if not sub.offer(text, encoded):
                 self.evict(sub)
         return event
 

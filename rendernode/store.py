@@ -113,8 +113,9 @@ class Store:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a job the node answered 202 for survives a power cut, not just a crash.
-            conn.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: every commit survives the node being killed; a power cut may lose
+            # the last few, which costs at most a re-render of frames whose rows were lost.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
             conn.isolation_level = "DEFERRED"
             self._conn = conn

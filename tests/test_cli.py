@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-
 from conftest import REPO, NodeProcess
+
 from rendernode.cli import ProgressPrinter, _follow
 from rendernode.client import NodeClient
 

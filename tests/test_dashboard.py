@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, Page, async_playwright, expect
-
 from conftest import NodeFactory
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 # The flags keep Chromium from reaching for Google's services on a closed network.
 CHROMIUM_ARGS = [

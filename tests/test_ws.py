@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-
 from conftest import NodeFactory, wait_terminal
+
 from rendernode.events import EventHub
 from rendernode.keys import HUB
 
