@@ -92,7 +92,7 @@ async def run(node: Node, subscribers: int, frames: int, stamps: Path) -> dict[s
         clients.append(protocol)
     async with aiohttp.ClientSession() as session:
         while sum(1 for c in clients if c.chunks) < subscribers:  # every handshake answered, snapshot sent
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 (polling many protocols, no single event to wait on)
+            await asyncio.sleep(0.05)
         async with session.post(node.url + "/job", json={"from": 1, "to": frames}) as response:
             assert response.status == 202, await response.text()
             job = await response.json()
