@@ -91,7 +91,8 @@ async def run(node: Node, subscribers: int, frames: int, stamps: Path) -> dict[s
         )
         clients.append(protocol)
     async with aiohttp.ClientSession() as session:
-        while sum(1 for c in clients if c.chunks) < subscribers:  # every handshake answered, snapshot sent
+        # Wait until every handshake is answered and its snapshot sent.
+        while sum(1 for c in clients if c.chunks) < subscribers:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         async with session.post(node.url + "/job", json={"from": 1, "to": frames}) as response:
             assert response.status == 202, await response.text()
