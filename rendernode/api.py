@@ -24,8 +24,8 @@ from rendernode.jobs import (
     UnsupportedMediaType,
     parse_job_spec,
 )
-from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR
-from rendernode.store import FrameRecord, JobRecord
+from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR, TOKEN
+from rendernode.store import FrameRecord, JobRecord, Store
 from rendernode.supervisor import Supervisor, frame_url
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.app[SETTINGS].token
+    expected = request.app.get(TOKEN)
     if expected and request.path not in PUBLIC_PATHS and not request.path.startswith(PUBLIC_PREFIXES):
         given = bearer_token(request) or ""
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -150,6 +150,26 @@ def job_body(
             {"frame": f.frame, "render_seconds": f.render_seconds, "url": frame_url(job.id, f.frame)} for f in results
         ]
     return body
+
+
+class NodeJobViews:
+    """Job bodies as this node's API shapes them, for the WebSocket snapshots."""
+
+    def __init__(self, store: Store, supervisor: Supervisor) -> None:
+        self.store = store
+        self.supervisor = supervisor
+
+    async def job_view(self, job_id: str) -> dict[str, Any] | None:
+        found = await self.store.get_job_with_frames(job_id)
+        if found is None:
+            return None
+        job, frames = found
+        return job_body(job, self.supervisor, len(frames), frames)
+
+    async def recent_views(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        jobs, total = await self.store.list_jobs(limit, 0)
+        counts = await self.store.frame_counts([j.id for j in jobs])
+        return [job_body(j, self.supervisor, counts.get(j.id, 0)) for j in jobs], total
 
 
 def _accepted(request: web.Request, body: dict[str, Any], retry_after: int, status: int = 202) -> web.Response:

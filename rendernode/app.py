@@ -13,7 +13,7 @@ from rendernode import api, ws
 from rendernode.blender import DEMO_SCENE_NAME, BlenderUnavailable, ensure_demo_scene, probe_version
 from rendernode.config import Settings
 from rendernode.events import EventHub
-from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR
+from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR, TOKEN, VIEWS
 from rendernode.scenes import SceneLibrary
 from rendernode.store import Store
 from rendernode.supervisor import Supervisor
@@ -74,6 +74,9 @@ def create_app(settings: Settings) -> web.Application:
     app[HUB] = hub
     app[SCENES] = scenes
     app[SUPERVISOR] = Supervisor(settings, store, hub, scenes)
+    app[VIEWS] = api.NodeJobViews(store, app[SUPERVISOR])
+    if settings.token:
+        app[TOKEN] = settings.token
     app[api.RATE_LIMITER] = api.RateLimiter(settings.rate_limit)
     app[api.STATIC_DIR] = static_dir()
     app[ws.OPEN_SOCKETS] = set()

@@ -56,6 +56,11 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

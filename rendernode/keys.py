@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from aiohttp import web
 
 from rendernode.config import Settings
@@ -15,3 +17,16 @@ STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", EventHub)
 SCENES = web.AppKey("scenes", SceneLibrary)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+
+
+class JobViews(Protocol):
+    """How the WebSocket layer reads jobs, whether from a node or from the farm."""
+
+    async def job_view(self, job_id: str) -> dict[str, Any] | None: ...
+
+    async def recent_views(self, limit: int) -> tuple[list[dict[str, Any]], int]: ...
+
+
+VIEWS = web.AppKey("views", JobViews)
+# The bearer token every non-public endpoint needs, or None.
+TOKEN = web.AppKey("token", str)

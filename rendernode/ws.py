@@ -17,21 +17,15 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
-from rendernode.api import job_body
 from rendernode.events import CLOSED, EVICTED, Subscription
-from rendernode.jobs import ApiError, InvalidRequest, NotFound
-from rendernode.keys import HUB, STORE, SUPERVISOR
+from rendernode.jobs import Forbidden, InvalidRequest, NotFound
+from rendernode.keys import HUB, VIEWS
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 20.0
 SNAPSHOT_JOBS = 50
 CLOSE_TIMEOUT = 2.0
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 def check_origin(request: web.Request) -> None:
@@ -64,36 +58,10 @@ def _since(request: web.Request) -> int | None:
     return value
 
 
-async def _job_snapshot(request: web.Request, job_id: str, seq: int) -> dict[str, Any]:
-    found = await request.app[STORE].get_job_with_frames(job_id)
-    if found is None:
-        raise NotFound(f"no job {job_id!r} on this node")
-    job, frames = found
-    return {
-        "type": "snapshot",
-        "job_id": job_id,
-        "seq": seq,
-        "job": job_body(job, request.app[SUPERVISOR], len(frames), frames),
-    }
-
-
-async def _all_snapshot(request: web.Request, gseq: int) -> dict[str, Any]:
-    store = request.app[STORE]
-    jobs, total = await store.list_jobs(SNAPSHOT_JOBS, 0)
-    counts = await store.frame_counts([j.id for j in jobs])
-    supervisor = request.app[SUPERVISOR]
-    return {
-        "type": "snapshot",
-        "gseq": gseq,
-        "total": total,
-        "jobs": [job_body(j, supervisor, counts.get(j.id, 0)) for j in jobs],
-    }
-
-
 async def job_ws(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
-    if await request.app[STORE].get_job(job_id) is None:
-        raise NotFound(f"no job {job_id!r} on this node")
+    if await request.app[VIEWS].job_view(job_id) is None:
+        raise NotFound(f"no job {job_id!r} here")
     return await _serve(request, job_id)
 
 
@@ -189,10 +157,13 @@ async def _pump(
 ) -> None:
     try:
         if replay is None:
+            views = request.app[VIEWS]
+            snapshot: dict[str, Any]
             if job_id is not None:
-                snapshot = await _job_snapshot(request, job_id, seq_now)
+                snapshot = {"type": "snapshot", "job_id": job_id, "seq": seq_now, "job": await views.job_view(job_id)}
             else:
-                snapshot = await _all_snapshot(request, seq_now)
+                jobs, total = await views.recent_views(SNAPSHOT_JOBS)
+                snapshot = {"type": "snapshot", "gseq": seq_now, "total": total, "jobs": jobs}
             await ws.send_json(snapshot)
         else:
             for text in replay:
