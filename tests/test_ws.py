@@ -62,7 +62,8 @@ async def test_no_gap_between_snapshot_and_stream_under_concurrent_publishing(no
     async def publisher() -> None:
         while not stop.is_set():
             hub.publish("synthetic", "frame_progress", frame=1, percent=1.0)
-            await asyncio.sleep(0)
+            # ~1,000 events a second: far above Blender's pace, below the eviction threshold.
+            await asyncio.sleep(0.001)
 
     task = asyncio.create_task(publisher())
     try:
