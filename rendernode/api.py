@@ -177,7 +177,7 @@ def _accepted(request: web.Request, body: dict[str, Any], retry_after: int, stat
     return web.json_response(body, status=status, headers={"Location": location, "Retry-After": str(retry_after)})
 
 
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -190,7 +190,7 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-async def _read_json(request: web.Request) -> Any:
+async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json" and not request.content_type.endswith("+json"):
         raise UnsupportedMediaType("send the job as JSON with `Content-Type: application/json`")
     raw = await request.read()
@@ -207,7 +207,7 @@ async def _read_json(request: web.Request) -> Any:
 async def post_job(request: web.Request) -> web.Response:
     app = request.app
     app[RATE_LIMITER].check(request.remote or "unknown", asyncio.get_running_loop().time())
-    spec = parse_job_spec(await _read_json(request), max_frames=app[SETTINGS].max_frames)
+    spec = parse_job_spec(await read_json(request), max_frames=app[SETTINGS].max_frames)
     supervisor = app[SUPERVISOR]
     job = await supervisor.submit(spec)
     # Read back: a fast job may already be running (pid set) by the time we answer.
@@ -241,8 +241,8 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    limit = _int_query(request, "limit", 50, 1, 500)
-    offset = _int_query(request, "offset", 0, 0, 2**31)
+    limit = int_query(request, "limit", 50, 1, 500)
+    offset = int_query(request, "offset", 0, 0, 2**31)
     status = request.query.get("status")
     if status is not None and status not in {"queued", "running", "completed", "failed", "cancelled"}:
         raise InvalidRequest("'status' must be queued, running, completed, failed or cancelled", field="status")
@@ -262,7 +262,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
 
 
-def _inside(path: Path, root: Path) -> bool:
+def inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -282,7 +282,7 @@ async def get_frame(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"frame {number} of job {job.id} has not been rendered")
     path = Path(record.path)
     # Only ever serve files under the output dir, whatever the database says.
-    if not _inside(path, request.app[SETTINGS].outputs) or not path.is_file():
+    if not inside(path, request.app[SETTINGS].outputs) or not path.is_file():
         raise NotFound(f"the image of frame {number} is gone from the output dir")
     return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -307,7 +307,7 @@ def tail_lines(path: Path, count: int) -> bytes:
 async def get_log(request: web.Request) -> web.StreamResponse:
     job, _ = await _job_or_404(request)
     path = request.app[SETTINGS].logs_dir / f"{job.id}.log"
-    tail = _int_query(request, "tail", 0, 0, 100000) if "tail" in request.query else None
+    tail = int_query(request, "tail", 0, 0, 100000) if "tail" in request.query else None
     if not path.is_file():
         return web.Response(text="", content_type="text/plain")
     if tail is None:

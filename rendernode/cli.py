@@ -53,6 +53,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_farm_command(args: argparse.Namespace) -> int:
+    from rendernode.farm.app import FarmSettings, read_nodes_file, run_farm
+
+    nodes = list(args.node)
+    if args.nodes_file:
+        nodes += read_nodes_file(args.nodes_file)
+    values: dict[str, Any] = {"host": args.host, "port": args.port, "nodes": nodes, "chunk_size": args.chunk_size,
+                              "token": args.token, "node_token": args.node_token}
+    if args.data_dir:
+        values["data_dir"] = args.data_dir
+    run_farm(FarmSettings(**values))
+    return 0
+
+
 def _bar(percent: float, width: int = 30) -> str:
     filled = round(width * min(max(percent, 0.0), 100.0) / 100.0)
     return "#" * filled + "-" * (width - filled)
@@ -166,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="run a render node")
     add_arguments(serve_parser)
     serve_parser.set_defaults(run=serve)
+
+    farm = commands.add_parser("farm", help="run an orchestrator that spreads jobs over several nodes")
+    farm.add_argument("--node", action="append", default=[], help="a node's URL (repeatable)")
+    farm.add_argument("--nodes-file", help="a file with one node URL per line")
+    farm.add_argument("--host", default=os.environ.get("RENDERNODE_FARM_HOST", "127.0.0.1"))
+    farm.add_argument("--port", type=int, default=int(os.environ.get("RENDERNODE_FARM_PORT", "4000")))
+    farm.add_argument("--data-dir", default=os.environ.get("RENDERNODE_FARM_DATA_DIR"))
+    farm.add_argument("--chunk-size", type=int, default=0, help="frames per chunk (default: picked per job)")
+    farm.add_argument("--token", default=os.environ.get("RENDERNODE_FARM_TOKEN"), help="token clients must send")
+    farm.add_argument("--node-token", default=os.environ.get("RENDERNODE_TOKEN"), help="token the nodes expect")
+    farm.set_defaults(run=run_farm_command)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)

@@ -93,6 +93,8 @@ class FrameRecord:
 
 
 class Store:
+    schema = SCHEMA
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rendernode-sqlite")
@@ -116,7 +118,7 @@ class Store:
             # NORMAL in WAL mode: every commit survives the node being killed; a power cut may lose
             # the last few, which costs at most a re-render of frames whose rows were lost.
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            conn.executescript(self.schema)
             conn.isolation_level = "DEFERRED"
             self._conn = conn
 

@@ -70,6 +70,7 @@ function handle(event) {
     return;
   }
   if (event.type === "pong") return;
+  if (event.job_id === "_nodes") { loadNodes(); return; }
   if (event.gseq) state.gseq = event.gseq;
   const job = state.jobs.get(event.job_id);
   if (!job) {
@@ -108,7 +109,7 @@ function applyToDetail(job, event) {
   if (event.type === "frame_progress") frames.set(event.frame, { state: "rendering", percent: event.percent || 0 });
   if (event.type === "frame_done") {
     frames.set(event.frame, { state: "done", percent: 100 });
-    state.thumbs.unshift({ frame: event.frame, url: event.url });
+    state.thumbs.unshift({ frame: event.frame, url: event.url, node: event.node });
     state.thumbs.length = Math.min(state.thumbs.length, THUMBS);
     renderThumbs();
   }
@@ -181,7 +182,7 @@ async function selectJob(id) {
   if (job.current_frame != null && job.status === "running") {
     state.frames.set(job.current_frame, { state: "rendering", percent: job.current_frame_percent || 0 });
   }
-  state.thumbs = job.results.slice(-THUMBS).reverse().map((r) => ({ frame: r.frame, url: r.url }));
+  state.thumbs = job.results.slice(-THUMBS).reverse().map((r) => ({ frame: r.frame, url: r.url, node: r.node }));
   $("#detail").hidden = false;
   renderThumbs();
   refreshLog();
@@ -254,7 +255,7 @@ function renderThumbs() {
     image.loading = "lazy";
     image.alt = "frame " + thumb.frame;
     image.src = withToken(thumb.url);
-    link.append(image, "frame " + thumb.frame);
+    link.append(image, "frame " + thumb.frame + (thumb.node ? " · " + thumb.node : ""));
     return link;
   }));
 }
@@ -302,7 +303,9 @@ async function submitJob(event) {
 async function loadNode() {
   try {
     const [health, scenes] = await Promise.all([api("/health").catch((e) => null), api("/scenes")]);
-    if (health) $("#node-info").textContent = "Blender " + (health.blender.version || "unavailable") + " · " + health.capacity + " slot(s)";
+    if (health) $("#node-info").textContent = (health.role === "farm" ? "farm of " + health.nodes.up + "/" + health.nodes.total + " nodes · " : "") +
+      "Blender " + (health.blender.version || "unavailable") + " · " + health.capacity + " slot(s)";
+    if (health && health.role === "farm") { loadNodes(); setInterval(loadNodes, 2000); }
     const select = $("#scene-select");
     const option = (value, text, selected) => Object.assign(document.createElement("option"), { value, textContent: text, selected });
     const options = scenes.scenes.map((scene) => option(scene.name, scene.name, scene.name === scenes.default));
@@ -312,6 +315,23 @@ async function loadNode() {
   } catch (error) {
     $("#submit-error").textContent = error.message;
   }
+}
+
+// --- farm: the nodes panel appears when the server is an orchestrator ---
+async function loadNodes() {
+  let listing;
+  try { listing = await api("/nodes"); } catch (_) { return; }
+  $("#nodes-panel").hidden = false;
+  $("#nodes tbody").replaceChildren(...listing.nodes.map((node) => {
+    const row = document.createElement("tr");
+    row.className = "node";
+    row.dataset.id = node.id;
+    const cells = [node.id, node.url, node.state, node.blender_version || "", node.current_chunks.join(", ") || "idle",
+      String(node.frames_rendered), String(node.chunks_failed)];
+    for (const text of cells) row.appendChild(Object.assign(document.createElement("td"), { textContent: text }));
+    row.children[2].className = "status status-" + (node.state === "up" ? "completed" : "failed");
+    return row;
+  }));
 }
 
 $("#submit-form").addEventListener("submit", submitJob);

@@ -196,3 +196,4 @@ def node_processes() -> Iterator[list[NodeProcess]]:
         if proc.proc.poll() is None:
             proc.proc.kill()
             proc.proc.wait()
+        proc._log.close()
