@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from conftest import BLEND_HEADER, REPO, wait_terminal
+from conftest import BLEND_HEADER, REPO, NodeProcess, wait_terminal
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
+
+from rendernode.farm.app import FarmSettings, create_farm_app
 
 SPEC: dict[str, Any] = yaml.safe_load((REPO / "static" / "openapi.yaml").read_text())
 UNDOCUMENTED = {"/", "/openapi.yaml", "/static"}
@@ -102,3 +104,38 @@ async def test_real_responses_match_the_document(node: TestClient) -> None:
 async def test_dashboard_and_document_are_served(node: TestClient, path: str) -> None:
     response = await node.get(path)
     assert response.status == 200
+
+
+async def test_the_farm_routes_are_documented_and_answer_as_documented(
+    aiohttp_client: Any, tmp_path: Any, fake_blender: str, node_processes: list[NodeProcess]
+) -> None:
+    data = tmp_path / "node"
+    (data / "scenes").mkdir(parents=True)
+    (data / "scenes" / "stub.blend").write_bytes(BLEND_HEADER)
+    node = NodeProcess(data, fake_blender, None, "--scene", "stub.blend")
+    node_processes.append(node)
+    node.wait_ready()
+    farm = await aiohttp_client(create_farm_app(FarmSettings(data_dir=tmp_path / "farm", nodes=[node.url])))
+    for resource in farm.server.app.router.resources():
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter") or info.get("prefix", "")
+        if path in UNDOCUMENTED or path.startswith("/static"):
+            continue
+        assert path in SPEC["paths"], f"farm route {path} is missing from static/openapi.yaml"
+
+    job = await (await farm.post("/render", json={"from": 1, "to": 2})).json()
+    for method, path, kwargs in [
+        ("GET", f"/status/{job['id']}", {}),
+        ("POST", "/render", {"json": {"from": 2}}),
+        ("GET", "/status/nope", {}),
+        ("GET", "/nodes", {}),
+        ("POST", "/nodes", {"json": {"url": node.url}}),
+        ("POST", "/nodes", {"json": {"url": 5}}),
+        ("DELETE", "/nodes/nope", {}),
+        ("GET", "/health", {}),
+        ("GET", "/jobs", {}),
+    ]:
+        await check(await farm.request(method, path, **kwargs), method)
+    await wait_terminal(farm, job["id"])
+    await check(await farm.get(f"/job/{job['id']}"), "GET")
+    await check(await farm.get(f"/job/{job['id']}/frames/1"), "GET")
