@@ -15,6 +15,7 @@ const state = {
   socket: null,
   retryMs: 500,
   renderQueued: false,
+  farm: false,            // true when the server is a farm orchestrator (it has a nodes panel)
 };
 
 // --- auth: a token given as ?token= in the page URL is used for every request ---
@@ -78,6 +79,7 @@ function handle(event) {
     api("/job/" + event.job_id).then((body) => { state.jobs.set(body.id, body); scheduleRender(); }).catch(() => {});
     return;
   }
+  if (state.farm && (event.type.startsWith("chunk_") || TERMINAL.has(job.status))) refreshNodesSoon();
   applyToJob(job, event);
   if (event.job_id === state.selected) applyToDetail(job, event);
   scheduleRender();
@@ -261,9 +263,13 @@ function renderThumbs() {
 }
 
 async function refreshLog() {
-  if (!state.selected) return;
+  const job = state.jobs.get(state.selected);
+  // A farm job has no single Blender log; its nodes keep one per chunk.
+  const logUrl = job && job.links && job.links.log;
+  $("#log-panel").hidden = !logUrl;
+  if (!logUrl) return;
   try {
-    const text = await api("/job/" + state.selected + "/log?tail=" + LOG_LINES);
+    const text = await api(logUrl + "?tail=" + LOG_LINES);
     const pre = $("#log");
     const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.textContent = typeof text === "string" ? text : JSON.stringify(text);
@@ -305,7 +311,7 @@ async function loadNode() {
     const [health, scenes] = await Promise.all([api("/health").catch((e) => null), api("/scenes")]);
     if (health) $("#node-info").textContent = (health.role === "farm" ? "farm of " + health.nodes.up + "/" + health.nodes.total + " nodes · " : "") +
       "Blender " + (health.blender.version || "unavailable") + " · " + health.capacity + " slot(s)";
-    if (health && health.role === "farm") { loadNodes(); setInterval(loadNodes, 2000); }
+    if (health && health.role === "farm") { state.farm = true; loadNodes(); setInterval(loadNodes, 2000); }
     const select = $("#scene-select");
     const option = (value, text, selected) => Object.assign(document.createElement("option"), { value, textContent: text, selected });
     const options = scenes.scenes.map((scene) => option(scene.name, scene.name, scene.name === scenes.default));
@@ -318,6 +324,11 @@ async function loadNode() {
 }
 
 // --- farm: the nodes panel appears when the server is an orchestrator ---
+let nodesTimer = null;
+function refreshNodesSoon() {
+  if (nodesTimer === null) nodesTimer = setTimeout(() => { nodesTimer = null; loadNodes(); }, 250);
+}
+
 async function loadNodes() {
   let listing;
   try { listing = await api("/nodes"); } catch (_) { return; }

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import NodeFactory
+from conftest import NodeFactory, NodeProcess
 from playwright.async_api import Browser, Page, async_playwright, expect
+from test_farm import start_nodes
+
+from rendernode.farm.app import FarmSettings, create_farm_app
 
 # The flags keep Chromium from reaching for Google's services on a closed network.
 CHROMIUM_ARGS = [
@@ -136,3 +139,30 @@ async def test_connection_state_recovers_after_the_socket_drops(browser: Browser
     await page.evaluate("state.socket.close()")
     await expect(page.locator("#conn")).not_to_have_attribute("data-state", "live", timeout=2000)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=10_000)
+
+
+async def test_farm_dashboard_shows_nodes_and_per_frame_progress(
+    browser: Browser, aiohttp_client: Any, tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]
+) -> None:
+    nodes = start_nodes(2, tmp_path, fake_blender, node_processes, env={"FAKE_BLENDER_FRAME_SECONDS": "0.1"})
+    farm = await aiohttp_client(
+        create_farm_app(FarmSettings(data_dir=tmp_path / "farm", nodes=[n.url for n in nodes], chunk_size=3,
+                                     health_interval=0.3))
+    )
+    page = await open_dashboard(browser, farm)
+    rows = page.locator("#nodes tr.node")
+    await expect(rows).to_have_count(2)
+    await expect(rows.locator("td:nth-child(3)")).to_have_text(["up", "up"])
+    job_id = await submit_from_page(page, 1, 30)
+    row = page.locator(f'tr.job[data-id="{job_id}"]')
+    await expect(row.locator(".status")).to_have_text("completed", timeout=60_000)
+    await expect(row.locator(".frames")).to_contain_text("30 / 30")
+    await expect(page.locator("#thumbs img")).to_have_count(12)
+    # Each thumbnail names the node that rendered it, and the nodes panel counts their frames.
+    assert all(" · n-" in text for text in await page.locator("#thumbs a").all_inner_texts())
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#nodes tr.node td:nth-child(6)')]"
+        ".reduce((sum, cell) => sum + Number(cell.textContent), 0) === 30",
+        timeout=10_000,
+    )
+    assert page.errors == []  # type: ignore[attr-defined]
