@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
         with open(path, "wb") as image:
             image.write(PNG)
         emit(f"Saved: '{path}'", frame, "saved")
-        emit(" Time: 00:00.50 (Saving: 00:00.01)", frame, "time")
+        spent = float(fixed) if fixed is not None else pace * len(stats)
+        emit(f" Time: {int(spent // 60):02d}:{spent % 60:05.2f} (Saving: 00:00.01)", frame, "time")
     emit("Blender quit", 0, "quit")
     if stamps:
         stamps.close()

@@ -185,7 +185,7 @@ async def test_cancel_propagates_to_every_node(
 
     async def both_busy() -> bool:
         body = await (await farm.get(f"/status/{job['id']}")).json()
-        return len(body["chunks_running"]) == 2
+        return len(body["chunks_running"]) >= 2
 
     await eventually(both_busy)
     response = await farm.delete(f"/job/{job['id']}")

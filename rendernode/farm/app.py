@@ -78,7 +78,7 @@ def farm_job_body(
         "current_frame": None,
         "current_frame_percent": None,
         "queue_position": None,
-        "chunk_size": job.chunk_size,
+        "chunk_size": job.chunk_size or None,
         "chunks_running": live["chunks_running"] if live else [],
         "created_at": job.created_at,
         "started_at": job.started_at,

@@ -42,9 +42,22 @@ class NodeLink:
     removed: bool = False
     _scenes: set[str] = field(default_factory=set)  # sha256 of scenes known to be on the node
 
-    @property
-    def free_slots(self) -> int:
-        return max(self.capacity - len(self.active), 0) if self.state == "up" and not self.removed else 0
+    seconds_per_frame: float | None = None  # moving average of the time between delivered frames
+    _last_frame_at: float | None = None
+
+    def free_slots(self, prefetch: int = 0) -> int:
+        """Chunks this node may still take: its Blender slots, plus ``prefetch`` waiting in its queue."""
+        if self.state != "up" or self.removed:
+            return 0
+        return max(self.capacity + prefetch - len(self.active), 0)
+
+    def note_frame(self, now: float) -> None:
+        """Track the node's pace from frame arrivals (start-up and download included, as the farm sees it)."""
+        if self._last_frame_at is not None and now - self._last_frame_at < 60:
+            sample = now - self._last_frame_at
+            previous = self.seconds_per_frame
+            self.seconds_per_frame = sample if previous is None else 0.7 * previous + 0.3 * sample
+        self._last_frame_at = now
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +90,24 @@ class JobState:
         return [f for f in self.job.frames if f not in self.done and f not in busy]
 
 
-def auto_chunk_size(frames: int, slots: int) -> int:
-    """About four chunks per slot: Blender's start-up is amortised, and the last chunks are short."""
-    return max(1, min(50, math.ceil(frames / (4 * max(slots, 1)))))
+# Upper bound of an adaptive chunk, so one node never holds a large share of a long job hostage.
+MAX_CHUNK = 50
+# A node whose pace is not known yet gets a short first chunk: two frames give one pace sample.
+# It may get its next chunk once its current one is down to this many frames.
+PROBE_CHUNK = 2
+# Each adaptive chunk is this fraction of a node's fair share of the outstanding frames (1 = all of it).
+GUIDED_FACTOR = 1.0
+
+
+def guided_chunk_size(remaining: int, slots: int, speed_ratio: float = 1.0) -> int:
+    """Guided self-scheduling: each chunk takes a node's fair share of what is left.
+
+    Early chunks are long (Blender's start-up is paid rarely), the last ones
+    short (no node holds the tail). ``speed_ratio`` (farm's average seconds per
+    frame over this node's) shrinks a slow node's chunks and grows a fast one's.
+    """
+    size = remaining / (GUIDED_FACTOR * max(slots, 1)) * speed_ratio
+    return max(1, min(MAX_CHUNK, math.ceil(size)))
 
 
 class FarmScheduler:
@@ -216,8 +232,8 @@ class FarmScheduler:
 
     # --- jobs ---
     async def submit(self, spec: JobSpec, scene: str | None, scene_path: str | None, scene_sha: str | None) -> FarmJob:
-        slots = sum(n.capacity for n in self.nodes.values() if n.state == "up") or len(self.nodes)
-        size = self.chunk_size or auto_chunk_size(len(spec.frames), slots)
+        # 0 = adaptive: chunk sizes are picked at each hand-out from what is left and each node's pace.
+        size = self.chunk_size
         job = await self.store.create_farm_job(spec, scene, scene_path, scene_sha, size)
         self.jobs[job.id] = JobState(job)
         self.hub.publish(
@@ -285,9 +301,12 @@ class FarmScheduler:
             except Exception:  # never let one bad pass stop scheduling
                 log.exception("dispatch failed")
 
+    def _slots(self) -> int:
+        return sum(n.capacity for n in self.nodes.values() if n.state == "up")
+
     async def _dispatch(self) -> None:
         for node in list(self.nodes.values()):
-            while node.free_slots > 0:
+            while node.free_slots(self._prefetch(node)) > 0:
                 picked = self._pick(node)
                 if picked is None:
                     break
@@ -296,11 +315,39 @@ class FarmScheduler:
         for state in list(self.jobs.values()):
             await self._fail_if_stuck(state)
 
+    def _pace_ratio(self, node: NodeLink) -> float | None:
+        """The farm's average seconds per frame over this node's (above 1: faster than average)."""
+        paces = [n.seconds_per_frame for n in self.nodes.values() if n.seconds_per_frame and n.state == "up"]
+        if not node.seconds_per_frame or not paces:
+            return None
+        return (sum(paces) / len(paces)) / node.seconds_per_frame
+
+    def _prefetch(self, node: NodeLink) -> int:
+        """Once a node's pace is known it may hold one more chunk in its own queue, so its next Blender
+        starts the moment the last one exits; chunk sizing keeps that from over-committing it."""
+        return 1 if self._pace_ratio(node) is not None else 0
+
+    def _chunk_size(self, state: JobState, node: NodeLink) -> int:
+        """Frames to hand this node now; 0 when it already holds its share of this job."""
+        committed = sum(1 for run in state.runs if run.node is node for f in run.frames if f not in state.done)
+        if state.job.chunk_size:
+            return state.job.chunk_size
+        ratio = self._pace_ratio(node)
+        if ratio is None:
+            # Pace unknown: a quarter of a guided chunk, at least two frames (two arrivals give one pace sample).
+            guided = guided_chunk_size(len(state.job.frames) - len(state.done), self._slots())
+            return max(PROBE_CHUNK, math.ceil(guided / 4)) if committed == 0 else 0
+        if committed > PROBE_CHUNK:
+            return 0  # the next chunk is queued only when the current one is nearly done, sized to what is left
+        outstanding = len(state.job.frames) - len(state.done)
+        return max(guided_chunk_size(outstanding, self._slots(), ratio) - committed, 0)
+
     def _pick(self, node: NodeLink) -> tuple[JobState, list[int]] | None:
         for state in self.jobs.values():
             if state.ended or state.blocked(node.id):
                 continue
-            frames = state.next_run(node.id, state.job.chunk_size)
+            size = self._chunk_size(state, node)
+            frames = state.next_run(node.id, size) if size else []
             if frames:
                 return state, frames
         return None
@@ -352,8 +399,8 @@ class FarmScheduler:
                     )
             self.hub.publish(job.id, "chunk_started", node=node.id, frames=run.label, node_job=run.chunk.node_job_id)
             final = await self._follow(state, run, run.chunk.node_job_id)
-            if state.ended:
-                await self.store.close_chunk(run.chunk.id, "cancelled", state.job.error or "the farm job ended")
+            if state.ended and any(f not in state.done for f in run.frames):
+                await self.store.close_chunk(run.chunk.id, "cancelled", "the farm job ended")
                 return
             await self._collect(state, run, final)
             missing = [f for f in run.frames if f not in state.done]
@@ -434,6 +481,8 @@ class FarmScheduler:
         if not await self.store.add_farm_frame(job.id, FarmFrame(frame, run.node.id, str(destination), size, seconds)):
             return
         state.done[frame] = seconds
+        run.node.note_frame(time.monotonic())
+        self.wake()  # the node's pace and the job's remaining work changed: maybe hand out a chunk
         progress = self.progress(job.id) or {}
         self.hub.publish(
             job.id,
