@@ -93,7 +93,7 @@ function applyToJob(job, event) {
       job.current_frame = event.frame; job.current_frame_percent = 0; break;
     case "frame_progress":
       job.current_frame = event.frame; job.current_frame_percent = event.percent;
-      if (event.job_percent !== null) job.percent = event.job_percent;
+      if (event.job_percent != null) job.percent = event.job_percent;
       job.eta_seconds = event.eta_seconds; break;
     case "frame_done":
       job.frames.done = event.frames_done; job.percent = event.job_percent; job.eta_seconds = event.eta_seconds; break;

@@ -140,8 +140,10 @@ def pid_alive(pid: int) -> bool:
 class NodeProcess:
     """A real ``python -m rendernode serve`` process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, blender: str, env: dict[str, str] | None = None, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, data_dir: Path, blender: str, env: dict[str, str] | None = None, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"node-{self.port}.log"

@@ -227,3 +227,44 @@ async def test_nodes_are_added_and_removed_at_runtime(
     assert (await (await farm.get("/nodes")).json())["nodes"] == []
     assert (await farm.get("/job/nope")).status == 404
     assert (await farm.post("/job", json={"from": 3, "to": 1})).status == 400
+
+
+async def test_a_node_that_comes_back_rejoins_and_its_abandoned_chunk_is_cancelled(
+    make_farm: FarmFactory, tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]
+) -> None:
+    env = {"FAKE_BLENDER_FRAME_SECONDS": "0.3"}
+    (node,) = start_nodes(1, tmp_path, fake_blender, node_processes, env=env)
+    farm = await make_farm([node], chunk_size=20)
+    job = await submit(farm, {"from": 1, "to": 20})
+
+    async def started() -> bool:
+        body = await (await farm.get(f"/job/{job['id']}")).json()
+        return bool(body["frames"]["done"] >= 1)
+
+    await eventually(started)
+    node.stop(signal.SIGTERM)  # the node leaves its job queued, to resume when it restarts
+
+    async def farm_sees(state: str) -> bool:
+        listing = await (await farm.get("/nodes")).json()
+        return bool(listing["nodes"][0]["state"] == state)
+
+    await eventually(lambda: farm_sees("down"))
+
+    async def chunk_given_up() -> bool:
+        body = await (await farm.get(f"/job/{job['id']}")).json()
+        return not body["chunks_running"]
+
+    # Down for longer than the follower's retries: the chunk is declared lost and its frames re-queued.
+    await eventually(chunk_given_up, timeout=20)
+    back = NodeProcess(node.data_dir, fake_blender, env, "--scene", "stub.blend", port=node.port)
+    node_processes.append(back)
+    back.wait_ready()
+    await eventually(lambda: farm_sees("up"))
+    done = await wait_terminal(farm, job["id"], timeout=60)
+    assert done["status"] == "completed"
+    assert_every_frame_once(done, tmp_path / "farm", 1, 20)
+    async with aiohttp.ClientSession() as session, session.get(back.url + "/jobs") as answer:
+        node_jobs = (await answer.json())["jobs"]
+    # The chunk the farm gave up on was cancelled on the node, not rendered a second time.
+    assert node_jobs[-1]["status"] == "cancelled", node_jobs
+    assert node_jobs[0]["status"] == "completed"

@@ -40,6 +40,7 @@ class NodeLink:
     checked_at: float | None = None
     active: dict[int, str] = field(default_factory=dict)  # chunk id -> "from-to" of the farm job's frames
     removed: bool = False
+    abandoned: list[str] = field(default_factory=list)  # node job ids of chunks given up when it was lost
     _scenes: set[str] = field(default_factory=set)  # sha256 of scenes known to be on the node
 
     seconds_per_frame: float | None = None  # moving average of the time between delivered frames

@@ -223,6 +223,8 @@ class FarmScheduler:
                 log.info("node %s (%s) is %s", node.id, node.url, node.state)
                 self._publish_node(node)
                 if node.state == "up":
+                    while node.abandoned:
+                        await node.cancel(node.abandoned.pop())
                     self.wake()
 
     async def _health_loop(self) -> None:
@@ -433,8 +435,10 @@ class FarmScheduler:
                         break
                 elif kind in ("frame_started", "frame_progress"):
                     relayed = {k: v for k, v in event.items() if k not in ("type", "job_id", "seq", "gseq", "ts")}
-                    relayed.pop("job_percent", None)
-                    relayed.pop("eta_seconds", None)
+                    # The node's job percent and ETA are its chunk's; the farm's are the whole job's.
+                    progress = self.progress(job_id) or {}
+                    relayed["job_percent"] = progress.get("percent")
+                    relayed["eta_seconds"] = progress.get("eta_seconds")
                     self.hub.publish(job_id, kind, node=node.id, **relayed)
                 elif kind == "frame_done":
                     await self._fetch_frame(state, run, event["frame"], event["url"], event["render_seconds"])
@@ -507,6 +511,9 @@ class FarmScheduler:
             if not lost and run.chunk.node_job_id:
                 await node.cancel(run.chunk.node_job_id)
         if lost:
+            if run.chunk is not None and run.chunk.node_job_id:
+                # A node that comes back would resume this job; it is cancelled then (see _check_nodes).
+                node.abandoned.append(run.chunk.node_job_id)
             if node.state != "down":
                 node.state, node.last_error = "down", error
                 self._publish_node(node)
