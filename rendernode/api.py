@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rendernode import __version__
 from rendernode.jobs import (
@@ -345,12 +346,16 @@ async def list_scenes(request: web.Request) -> web.Response:
 
 async def _upload_chunks(request: web.Request) -> AsyncIterator[bytes]:
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and part.filename:
-                while chunk := await part.read_chunk(256 * 1024):
-                    yield chunk
-                return
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and part.filename:
+                    while chunk := await part.read_chunk(256 * 1024):
+                        yield chunk
+                    return
+        except (HttpProcessingError, ValueError, AssertionError) as exc:
+            # aiohttp's multipart parser reports malformed parts this way; they are the client's error.
+            raise InvalidRequest(f"malformed multipart body: {str(exc)[:200]}") from None
         raise InvalidRequest("the multipart body has no file part")
     async for chunk in request.content.iter_chunked(256 * 1024):
         yield chunk
