@@ -14,6 +14,7 @@ from rendernode.blender import DEMO_SCENE_NAME, BlenderUnavailable, ensure_demo_
 from rendernode.config import Settings
 from rendernode.events import EventHub
 from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR, TOKEN, VIEWS
+from rendernode.metrics import METRICS, Metrics, metrics_handler
 from rendernode.scenes import SceneLibrary
 from rendernode.store import Store
 from rendernode.supervisor import Supervisor
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app[api.RATE_LIMITER] = api.RateLimiter(settings.rate_limit)
     app[api.STATIC_DIR] = static_dir()
     app[ws.OPEN_SOCKETS] = set()
+    app[METRICS] = node_metrics(store, hub, app[SUPERVISOR])
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(supervisor_ctx)
@@ -87,5 +89,20 @@ def create_app(settings: Settings) -> web.Application:
 
     api.add_routes(app)
     ws.add_routes(app)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_static("/static/", app[api.STATIC_DIR], name="static")
     return app
+
+
+def node_metrics(store: Store, hub: EventHub, supervisor: Supervisor) -> Metrics:
+    metrics = Metrics()
+    hub.listeners.append(metrics.observe)
+
+    async def refresh(m: Metrics) -> None:
+        m.set_jobs(await store.counts_by_status())
+        m.queue.set(supervisor.queued_count)
+        m.running.set(supervisor.running_count)
+        m.subscribers.set(hub.subscriber_count)
+
+    metrics.refresh = refresh
+    return metrics

@@ -97,6 +97,8 @@ class EventHub:
         self._by_job: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
         self.evictions = 0
+        # Synchronous observers of every event (metrics); they must be quick and must not raise.
+        self.listeners: list[Callable[[Event], None]] = []
 
     # --- publishing ---
     def publish(self, job_id: str, event_type: str, **data: Any) -> Event:
@@ -115,6 +117,8 @@ class EventHub:
         for sub in list(self._by_job.get(job_id, ())) + list(self._all):
             if not sub.offer(text, encoded):
                 self.evict(sub)
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def forget(self, job_id: str) -> None:

@@ -304,3 +304,22 @@ async def test_scene_upload_size_limit(make_node: NodeFactory) -> None:
     )
     assert response.status == 413
     assert (await client.get("/health")).status == 200
+
+
+async def test_metrics_in_prometheus_format(node: TestClient) -> None:
+    done = await wait_terminal(node, (await submit(node, {"from": 1, "to": 3}))["id"])
+    assert done["status"] == "completed"
+    async with node.ws_connect("/ws") as ws:
+        await ws.receive()
+        text = await (await node.get("/metrics")).text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['rendernode_jobs{status="completed"}'] == 1
+    assert samples["rendernode_frames_rendered_total"] == 3
+    assert samples["rendernode_frame_render_seconds_count"] == 3
+    assert samples['rendernode_frame_render_seconds_bucket{le="+Inf"}'] == 3
+    assert samples["rendernode_queue_length"] == 0 and samples["rendernode_running_blenders"] == 0
+    assert samples["rendernode_websocket_subscribers"] == 1

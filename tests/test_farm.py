@@ -142,6 +142,10 @@ async def test_a_node_failing_every_chunk_is_blocklisted_and_the_job_completes(
     bad = next(n for n in (await (await farm.get("/nodes")).json())["nodes"] if n["url"] == nodes[1].url)
     assert bad["chunks_failed"] == 3, "the failing node kept getting chunks after three failures"
     assert bad["state"] == "up"  # it answers; it is only barred from this job
+    metrics = await (await farm.get("/metrics")).text()
+    assert f'rendernode_farm_node_chunks{{node="{bad["id"]}",status="failed"}} 3.0' in metrics
+    assert f'rendernode_farm_node_up{{node="{bad["id"]}"}} 1.0' in metrics
+    assert "rendernode_frames_rendered_total 16.0" in metrics
 
 
 async def test_a_frame_failing_on_three_nodes_fails_the_job_with_blenders_error(

@@ -19,6 +19,7 @@ from rendernode.farm.scheduler import FarmScheduler, resolve_scene
 from rendernode.farm.store import FarmFrame, FarmJob, FarmStore
 from rendernode.jobs import InvalidRequest, NotFound, parse_job_spec
 from rendernode.keys import HUB, SCENES, TOKEN, VIEWS
+from rendernode.metrics import METRICS, Metrics, metrics_handler
 from rendernode.scenes import SceneLibrary
 
 
@@ -272,6 +273,7 @@ def create_farm_app(settings: FarmSettings) -> web.Application:
         app[TOKEN] = settings.token
     app[api.STATIC_DIR] = static_dir()
     app[ws.OPEN_SOCKETS] = set()
+    app[METRICS] = farm_metrics(store, hub, scheduler)
     app.cleanup_ctx.append(farm_ctx)
     app.on_shutdown.append(ws.close_sockets)
 
@@ -290,9 +292,31 @@ def create_farm_app(settings: FarmSettings) -> web.Application:
     app.router.add_post("/scenes", api.upload_scene)
     app.router.add_get("/", api.index)
     app.router.add_get("/openapi.yaml", api.openapi)
+    app.router.add_get("/metrics", metrics_handler)
     ws.add_routes(app)
     app.router.add_static("/static/", app[api.STATIC_DIR], name="static")
     return app
+
+
+def farm_metrics(store: FarmStore, hub: EventHub, scheduler: FarmScheduler) -> Metrics:
+    metrics = Metrics()
+    hub.listeners.append(metrics.observe)
+
+    async def refresh(m: Metrics) -> None:
+        m.set_jobs(await store.farm_counts_by_status())
+        m.queue.set(sum(len(s.pending()) for s in scheduler.jobs.values()))
+        m.running.set(sum(len(n.active) for n in scheduler.nodes.values()))
+        m.subscribers.set(hub.subscriber_count)
+        stats = await store.stats_by_node()
+        for node in scheduler.nodes.values():
+            m.node_up.labels(node.id).set(1 if node.state == "up" else 0)
+            numbers = stats.get(node.id, {})
+            m.node_frames.labels(node.id).set(numbers.get("frames_rendered", 0))
+            for status in ("done", "failed", "cancelled", "running"):
+                m.node_chunks.labels(node.id, status).set(numbers.get(f"chunks_{status}", 0))
+
+    metrics.refresh = refresh
+    return metrics
 
 
 def run_farm(settings: FarmSettings) -> None:

@@ -192,6 +192,11 @@ class FarmStore(Store):
 
         return await self._run(select)
 
+    async def farm_counts_by_status(self) -> dict[str, int]:
+        return await self._run(
+            lambda c: {r[0]: r[1] for r in c.execute("SELECT status, COUNT(*) FROM farm_jobs GROUP BY status")}
+        )
+
     async def active_farm_jobs(self) -> list[FarmJob]:
         def select(conn: sqlite3.Connection) -> list[FarmJob]:
             rows = conn.execute(
