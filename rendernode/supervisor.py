@@ -240,8 +240,12 @@ class Supervisor:
             await self._finish(job.id, JobStatus.COMPLETED, 0, None)
             return
         out_dir = self.settings.outputs / job.id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            await self._finish(job.id, JobStatus.FAILED, None, f"cannot create the output directory {out_dir}: {exc}")
+            return
         argv = blender.render_argv(
             self.blender_info.executable,
             job.scene_path,
