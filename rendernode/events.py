@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,8 @@ class _Signal:
     def __repr__(self) -> str:
         return self.name
 
+
+TERMINAL_TYPES = frozenset({"job_completed", "job_failed", "job_cancelled"})
 
 EVICTED = _Signal("EVICTED")
 CLOSED = _Signal("CLOSED")
@@ -87,10 +89,21 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, replay_per_job: int = 2000, replay_global: int = 10000, subscriber_queue: int = 1000) -> None:
+    def __init__(
+        self,
+        replay_per_job: int = 2000,
+        replay_global: int = 10000,
+        subscriber_queue: int = 1000,
+        tracked_jobs: int = 200,
+    ) -> None:
         self.replay_per_job = replay_per_job
         self.subscriber_queue = subscriber_queue
+        # Sequence numbers and replay buffers are kept for every live job but only for the most
+        # recently ended ones: a node that has run 10,000 jobs must not hold 10,000 buffers. Anyone
+        # reconnecting to a forgotten job with an old ?since= gets a fresh snapshot.
+        self.tracked_jobs = tracked_jobs
         self._job_seq: dict[str, int] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._global_seq = 0
         self._job_replay: dict[str, deque[tuple[int, str]]] = {}
         self._global_replay: deque[tuple[int, str]] = deque(maxlen=replay_global)
@@ -119,6 +132,12 @@ class EventHub:
                 self.evict(sub)
         for listener in self.listeners:
             listener(event)
+        if event_type in TERMINAL_TYPES:
+            self._ended[job_id] = None
+            while len(self._ended) > self.tracked_jobs:
+                oldest, _ = self._ended.popitem(last=False)
+                self._job_seq.pop(oldest, None)
+                self._job_replay.pop(oldest, None)
         return event
 
     def forget(self, job_id: str) -> None:

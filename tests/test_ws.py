@@ -197,3 +197,16 @@ async def test_following_a_real_blender_render_sees_every_frame_in_order(
     samples = [e for e in events if e["type"] == "frame_progress" and e["samples"]]
     assert samples, "no per-sample progress from Cycles"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_the_hub_forgets_ended_jobs_beyond_its_window_but_never_a_live_one() -> None:
+    hub = EventHub(tracked_jobs=3)
+    hub.publish("live", "job_started")
+    for n in range(10):
+        hub.publish(f"done-{n}", "job_queued")
+        hub.publish(f"done-{n}", "job_completed")
+    hub.publish("live", "frame_done", frame=1)
+    assert hub.job_seq("live") == 2  # never reset while the job runs
+    assert [hub.job_seq(f"done-{n}") for n in range(10)] == [0] * 7 + [2, 2, 2]
+    assert hub.replay_since("done-0", 1) is None  # forgotten: a reconnecting client gets a snapshot
+    assert hub.replay_since("done-9", 1) is not None
