@@ -49,6 +49,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         print=lambda _msg: print(f"rendernode {__version__} on http://{settings.host}:{settings.port}", flush=True),
         shutdown_timeout=settings.stop_grace + 5,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
     )
     return 0
 

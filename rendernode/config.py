@@ -36,6 +36,8 @@ class Settings:
     stop_grace: float = 5.0
     # Submissions per client per minute (0 = unlimited).
     rate_limit: int = 0
+    # 1: log every request (aiohttp's access log); 0: only the node's own messages.
+    access_log: int = 1
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -81,6 +83,7 @@ _HELP = {
     "max_upload_mb": "largest .blend accepted by POST /scenes, in MiB (default 2048)",
     "stop_grace": "seconds between SIGTERM and SIGKILL when stopping Blender (default 5)",
     "rate_limit": "job submissions per client per minute, 0 = unlimited (default 0)",
+    "access_log": "1 logs every HTTP request, 0 turns that off (default 1)",
 }
 
 

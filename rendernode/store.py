@@ -15,11 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rendernode.jobs import JobSpec, JobStatus
 
 T = TypeVar("T")
+VIEW_CACHE_SIZE = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -99,6 +100,15 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rendernode-sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Pollers read the same job again and again; this process is the only writer, so a job's
+        # rows can be served from memory until one of its writes completes (see _changed).
+        self._views: dict[str, tuple[JobRecord, list[FrameRecord]]] = {}
+        self._writes = 0
+
+    def _changed(self, job_id: str) -> None:
+        """Called after a write to a job has committed: drop its cached rows."""
+        self._views.pop(job_id, None)
+        self._writes += 1
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -170,6 +180,19 @@ class Store:
         return await self._run(select)
 
     async def get_job_with_frames(self, job_id: str) -> tuple[JobRecord, list[FrameRecord]] | None:
+        cached = self._views.get(job_id)
+        if cached is not None:
+            return cached
+        writes = self._writes
+        found = await self._select_job_with_frames(job_id)
+        # Cache only if no write completed while we read: the read may predate it.
+        if found is not None and self._writes == writes:
+            if len(self._views) >= VIEW_CACHE_SIZE:
+                self._views.pop(next(iter(self._views)))
+            self._views[job_id] = found
+        return found
+
+    async def _select_job_with_frames(self, job_id: str) -> tuple[JobRecord, list[FrameRecord]] | None:
         def select(conn: sqlite3.Connection) -> tuple[JobRecord, list[FrameRecord]] | None:
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -225,7 +248,10 @@ class Store:
             )
             return [(r[0], r[1]) for r in rows]
 
-        return await self._run(update)
+        requeued = await self._run(update)
+        for job_id, _ in requeued:
+            self._changed(job_id)
+        return requeued
 
     async def mark_running(self, job_id: str, pid: int, blender_version: str | None) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -236,12 +262,14 @@ class Store:
             )
 
         await self._run(update)
+        self._changed(job_id)
 
     async def mark_queued(self, job_id: str) -> None:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE jobs SET status=?, pid=NULL WHERE id=?", (JobStatus.QUEUED.value, job_id))
 
         await self._run(update)
+        self._changed(job_id)
 
     async def finish(self, job_id: str, status: JobStatus, exit_code: int | None, error: str | None) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -251,6 +279,7 @@ class Store:
             )
 
         await self._run(update)
+        self._changed(job_id)
 
     async def cancel_if_queued(self, job_id: str) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
@@ -260,7 +289,9 @@ class Store:
             )
             return cur.rowcount == 1
 
-        return await self._run(update)
+        cancelled = await self._run(update)
+        self._changed(job_id)
+        return cancelled
 
     async def counts_by_status(self) -> dict[str, int]:
         def select(conn: sqlite3.Connection) -> dict[str, int]:
@@ -277,6 +308,7 @@ class Store:
             )
 
         await self._run(insert)
+        self._changed(job_id)
 
     async def frames_of(self, job_id: str) -> list[FrameRecord]:
         def select(conn: sqlite3.Connection) -> list[FrameRecord]:
@@ -292,7 +324,4 @@ class Store:
             conn.executemany("DELETE FROM frames WHERE job_id=? AND frame=?", [(job_id, f) for f in frames])
 
         await self._run(delete)
-
-    async def execute(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Escape hatch for tests and maintenance."""
-        return await self._run(fn)
+        self._changed(job_id)
