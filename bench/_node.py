@@ -25,7 +25,9 @@ def free_port() -> int:
 class Node:
     """``python -m rendernode serve`` with the replaying stand-in Blender, in a throwaway data dir."""
 
-    def __init__(self, env: dict[str, str] | None = None, *extra: str, blender: str = REPLAY_BLENDER) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, *extra: str, blender: str = REPLAY_BLENDER, scene: str | None = None
+    ) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="rendernode-bench-")
         self.data = Path(self.tmp.name)
         if blender == REPLAY_BLENDER:
@@ -41,7 +43,7 @@ class Node:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "rendernode", "serve", "--port", str(self.port), "--data-dir", str(self.data),
-                "--blender", blender, "--scene", "bench.blend", *extra]
+                "--blender", blender, "--scene", scene or "bench.blend", *extra]
         self.proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60

@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app[api.RATE_LIMITER] = api.RateLimiter(settings.rate_limit)
     app[api.STATIC_DIR] = static_dir()
     app[ws.OPEN_SOCKETS] = set()
+    app[ws.SNAPSHOTS] = ws.SnapshotCache()
     app[METRICS] = node_metrics(store, hub, app[SUPERVISOR])
 
     app.cleanup_ctx.append(store_ctx)

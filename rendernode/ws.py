@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -158,13 +159,18 @@ async def _pump(
     try:
         if replay is None:
             views = request.app[VIEWS]
-            snapshot: dict[str, Any]
-            if job_id is not None:
-                snapshot = {"type": "snapshot", "job_id": job_id, "seq": seq_now, "job": await views.job_view(job_id)}
-            else:
-                jobs, total = await views.recent_views(SNAPSHOT_JOBS)
-                snapshot = {"type": "snapshot", "gseq": seq_now, "total": total, "jobs": jobs}
-            await ws.send_json(snapshot)
+
+            async def build() -> str:
+                snapshot: dict[str, Any]
+                if job_id is not None:
+                    job = await views.job_view(job_id)
+                    snapshot = {"type": "snapshot", "job_id": job_id, "seq": seq_now, "job": job}
+                else:
+                    jobs, total = await views.recent_views(SNAPSHOT_JOBS)
+                    snapshot = {"type": "snapshot", "gseq": seq_now, "total": total, "jobs": jobs}
+                return json.dumps(snapshot, separators=(",", ":"))
+
+            await ws.send_str(await request.app[SNAPSHOTS].get(job_id, seq_now, build))
         else:
             for text in replay:
                 await ws.send_str(text)
@@ -186,6 +192,31 @@ async def _read_until_closed(ws: web.WebSocketResponse) -> None:
             return
 
 
+class SnapshotCache:
+    """One snapshot per stream position, shared by every subscriber that arrives at that position.
+
+    A dashboard reload storm (or a farm reattaching) then costs one database read and one
+    serialisation instead of one per socket. Nothing changes a job without an event, so a snapshot
+    taken at sequence ``seq`` is still exact for anyone subscribing at ``seq``.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: dict[str | None, tuple[int, asyncio.Task[str]]] = {}
+
+    async def get(self, key: str | None, seq: int, build: Callable[[], Awaitable[str]]) -> str:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != seq or (entry[1].done() and entry[1].exception() is not None):
+            entry = (seq, asyncio.ensure_future(build()))
+            self._entries.pop(key, None)
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.pop(next(iter(self._entries)))
+        # Shielded: one subscriber leaving must not cancel the build the others wait for.
+        return await asyncio.shield(entry[1])
+
+
+SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
 OPEN_SOCKETS = web.AppKey("open_sockets", set[web.WebSocketResponse])
 
 

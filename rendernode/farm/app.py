@@ -273,6 +273,7 @@ def create_farm_app(settings: FarmSettings) -> web.Application:
         app[TOKEN] = settings.token
     app[api.STATIC_DIR] = static_dir()
     app[ws.OPEN_SOCKETS] = set()
+    app[ws.SNAPSHOTS] = ws.SnapshotCache()
     app[METRICS] = farm_metrics(store, hub, scheduler)
     app.cleanup_ctx.append(farm_ctx)
     app.on_shutdown.append(ws.close_sockets)
