@@ -13,7 +13,6 @@ import asyncio
 import time
 
 import aiohttp
-
 from _node import Node, http_json
 from progress_latency import RawSubscriber
 

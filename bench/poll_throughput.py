@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from _node import BENCH, Node, free_port, http_json, wait_http
 
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from _node import Node
+
 from rendernode.blender import OUTPUT_PATTERN, ensure_demo_scene, probe_version, render_argv
 
 
