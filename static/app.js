@@ -36,6 +36,19 @@ async function api(path, options = {}) {
 }
 
 const $ = (selector) => document.querySelector(selector);
+const RANK = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+
+// Keep a job's body from the REST API without letting an answer that is older than the events
+// already applied (requests and the socket race) move the job backwards.
+function remember(body) {
+  const known = state.jobs.get(body.id);
+  if (known && (RANK[known.status] > RANK[body.status] || known.frames.done > body.frames.done)) {
+    Object.assign(body, { status: known.status, frames: known.frames, percent: known.percent,
+      eta_seconds: known.eta_seconds, error: known.error || body.error });
+  }
+  state.jobs.set(body.id, body);
+  return body;
+}
 const fmtEta = (s) => (s === null || s === undefined ? "" : s < 60 ? Math.ceil(s) + " s" : Math.floor(s / 60) + " min " + Math.round(s % 60) + " s");
 
 // --- live connection ---
@@ -64,7 +77,7 @@ function connect() {
 
 function handle(event) {
   if (event.type === "snapshot") {
-    for (const job of event.jobs) state.jobs.set(job.id, job);
+    for (const job of event.jobs) remember(job);
     state.gseq = event.gseq;
     if (state.selected) selectJob(state.selected);
     scheduleRender();
@@ -76,7 +89,7 @@ function handle(event) {
   const job = state.jobs.get(event.job_id);
   if (!job) {
     // A job from outside the snapshot window (or submitted elsewhere): fetch it whole once.
-    api("/job/" + event.job_id).then((body) => { state.jobs.set(body.id, body); scheduleRender(); }).catch(() => {});
+    api("/job/" + event.job_id).then((body) => { remember(body); scheduleRender(); }).catch(() => {});
     return;
   }
   if (state.farm && (event.type.startsWith("chunk_") || TERMINAL.has(job.status))) refreshNodesSoon();
@@ -90,8 +103,10 @@ function applyToJob(job, event) {
     case "job_started":
       job.status = "running"; job.pid = event.pid; job.queue_position = null; break;
     case "frame_started":
+      if (job.status === "queued") job.status = "running";
       job.current_frame = event.frame; job.current_frame_percent = 0; break;
     case "frame_progress":
+      if (job.status === "queued") job.status = "running";
       job.current_frame = event.frame; job.current_frame_percent = event.percent;
       if (event.job_percent != null) job.percent = event.job_percent;
       job.eta_seconds = event.eta_seconds; break;
@@ -177,8 +192,7 @@ function updateRow(row, job) {
 
 async function selectJob(id) {
   state.selected = id;
-  const job = await api("/job/" + id);
-  state.jobs.set(id, job);
+  const job = remember(await api("/job/" + id));
   state.frames = new Map();
   for (const result of job.results) state.frames.set(result.frame, { state: "done", percent: 100 });
   if (job.current_frame != null && job.status === "running") {
@@ -280,8 +294,7 @@ async function refreshLog() {
 // --- actions ---
 async function cancelJob(id) {
   try {
-    const job = await api("/job/" + id, { method: "DELETE" });
-    state.jobs.set(job.id, job);
+    remember(await api("/job/" + id, { method: "DELETE" }));
     scheduleRender();
   } catch (error) {
     $("#submit-error").textContent = "cancel: " + error.message;
@@ -299,7 +312,7 @@ async function submitJob(event) {
   $("#submit-error").textContent = "";
   try {
     const job = await api("/job", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    if (!state.jobs.has(job.id)) state.jobs.set(job.id, job);
+    remember(job);
     selectJob(job.id);
   } catch (error) {
     $("#submit-error").textContent = error.message;
