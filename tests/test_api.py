@@ -268,11 +268,20 @@ async def test_health_reports_blender_version_and_capacity(node: TestClient) -> 
     assert body["capacity"] == 1 and body["running"] == 0 and body["queued"] == 0
 
 
-async def test_missing_blender_is_reported_and_jobs_fail_clearly(make_node: NodeFactory, tmp_path: Path) -> None:
-    client = await make_node(blender=str(tmp_path / "no-such-blender"))
+@pytest.mark.parametrize("kind", ["missing", "not executable"])
+async def test_an_unusable_blender_is_reported_and_jobs_fail_clearly(
+    make_node: NodeFactory, tmp_path: Path, kind: str
+) -> None:
+    blender = tmp_path / "blender"
+    if kind == "not executable":
+        blender.write_text("#!/bin/sh\necho Blender 3.4.1\n")
+        blender.chmod(0o644)
+    client = await make_node(blender=str(blender))
     health = await client.get("/health")
     assert health.status == 503
-    assert "cannot run Blender" in (await health.json())["blender"]["error"]
+    error = (await health.json())["blender"]["error"]
+    assert "cannot run Blender" in error
+    assert ("Permission denied" if kind == "not executable" else "No such file") in error
     done = await wait_terminal(client, (await submit(client))["id"])
     assert done["status"] == "failed" and "cannot run Blender" in done["error"]
 

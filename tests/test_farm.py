@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from conftest import NodeProcess, eventually, wait_terminal
 from test_e2e_blender import DEMO_SIZE, png_size
 
-from rendernode.farm.app import FarmSettings, create_farm_app
+from rendernode.farm.app import FarmSettings, create_farm_app, read_nodes_file
 
 FarmFactory = Callable[..., Awaitable[TestClient]]
 
@@ -272,3 +272,9 @@ async def test_a_node_that_comes_back_rejoins_and_its_abandoned_chunk_is_cancell
     # The chunk the farm gave up on was cancelled on the node, not rendered a second time.
     assert node_jobs[-1]["status"] == "cancelled", node_jobs
     assert node_jobs[0]["status"] == "completed"
+
+
+def test_a_nodes_file_lists_one_url_per_line(tmp_path: Path) -> None:
+    listing = tmp_path / "nodes.txt"
+    listing.write_text("# render nodes\nhttp://10.0.0.1:3000\n\n  http://10.0.0.2:3000  # the fast one\n")
+    assert read_nodes_file(str(listing)) == ["http://10.0.0.1:3000", "http://10.0.0.2:3000"]
