@@ -18,6 +18,7 @@ from rendernode import __version__
 from rendernode.jobs import (
     ApiError,
     InvalidRequest,
+    JobStatus,
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
@@ -25,7 +26,7 @@ from rendernode.jobs import (
     UnsupportedMediaType,
     parse_job_spec,
 )
-from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR, TOKEN
+from rendernode.keys import HUB, SCENES, SETTINGS, STORE, SUPERVISOR, TOKEN, VIEWS
 from rendernode.store import FrameRecord, JobRecord, Store
 from rendernode.supervisor import Supervisor, frame_url
 
@@ -167,8 +168,8 @@ class NodeJobViews:
         job, frames = found
         return job_body(job, self.supervisor, len(frames), frames)
 
-    async def recent_views(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        jobs, total = await self.store.list_jobs(limit, 0)
+    async def page(self, limit: int, offset: int, status: str | None) -> tuple[list[dict[str, Any]], int]:
+        jobs, total = await self.store.list_jobs(limit, offset, status)
         counts = await self.store.frame_counts([j.id for j in jobs])
         return [job_body(j, self.supervisor, counts.get(j.id, 0)) for j in jobs], total
 
@@ -242,26 +243,23 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /jobs``, newest first, for a node and for the farm alike."""
     limit = int_query(request, "limit", 50, 1, 500)
     offset = int_query(request, "offset", 0, 0, 2**31)
     status = request.query.get("status")
-    if status is not None and status not in {"queued", "running", "completed", "failed", "cancelled"}:
+    if status is not None and status not in {s.value for s in JobStatus}:
         raise InvalidRequest("'status' must be queued, running, completed, failed or cancelled", field="status")
-    store = request.app[STORE]
-    jobs, total = await store.list_jobs(limit, offset, status)
-    counts = await store.frame_counts([j.id for j in jobs])
-    supervisor = request.app[SUPERVISOR]
+    jobs, total = await request.app[VIEWS].page(limit, offset, status)
     next_offset = offset + len(jobs)
     return web.json_response(
         {
-            "jobs": [job_body(j, supervisor, counts.get(j.id, 0)) for j in jobs],
+            "jobs": jobs,
             "total": total,
             "limit": limit,
             "offset": offset,
             "next": f"/jobs?limit={limit}&offset={next_offset}" if next_offset < total else None,
         }
     )
-
 
 def inside(path: Path, root: Path) -> bool:
     try:

@@ -24,7 +24,9 @@ class JobViews(Protocol):
 
     async def job_view(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def recent_views(self, limit: int) -> tuple[list[dict[str, Any]], int]: ...
+    async def page(self, limit: int, offset: int, status: str | None) -> tuple[list[dict[str, Any]], int]:
+        """Job bodies newest first, and how many jobs match in all."""
+        ...
 
 
 VIEWS = web.AppKey("views", JobViews)

@@ -166,7 +166,7 @@ async def _pump(
                     job = await views.job_view(job_id)
                     snapshot = {"type": "snapshot", "job_id": job_id, "seq": seq_now, "job": job}
                 else:
-                    jobs, total = await views.recent_views(SNAPSHOT_JOBS)
+                    jobs, total = await views.page(SNAPSHOT_JOBS, 0, None)
                     snapshot = {"type": "snapshot", "gseq": seq_now, "total": total, "jobs": jobs}
                 return json.dumps(snapshot, separators=(",", ":"))
 

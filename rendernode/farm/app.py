@@ -115,8 +115,8 @@ class FarmJobViews:
         frames = await self.store.farm_frames(job_id)
         return farm_job_body(job, self.scheduler, len(frames), frames)
 
-    async def recent_views(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        jobs, total = await self.store.farm_jobs(limit, 0)
+    async def page(self, limit: int, offset: int, status: str | None) -> tuple[list[dict[str, Any]], int]:
+        jobs, total = await self.store.farm_jobs(limit, offset, status)
         counts = await self.store.farm_frame_counts([j.id for j in jobs])
         return [farm_job_body(j, self.scheduler, counts.get(j.id, 0)) for j in jobs], total
 
@@ -156,25 +156,6 @@ async def delete_job(request: web.Request) -> web.Response:
     body = await request.app[VIEWS].job_view(job_id)
     assert body is not None
     return web.json_response(body)
-
-
-async def list_jobs(request: web.Request) -> web.Response:
-    limit = api.int_query(request, "limit", 50, 1, 500)
-    offset = api.int_query(request, "offset", 0, 0, 2**31)
-    status = request.query.get("status")
-    store, scheduler = request.app[FARM_STORE], request.app[SCHEDULER]
-    jobs, total = await store.farm_jobs(limit, offset, status)
-    counts = await store.farm_frame_counts([j.id for j in jobs])
-    next_offset = offset + len(jobs)
-    return web.json_response(
-        {
-            "jobs": [farm_job_body(j, scheduler, counts.get(j.id, 0)) for j in jobs],
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "next": f"/jobs?limit={limit}&offset={next_offset}" if next_offset < total else None,
-        }
-    )
 
 
 async def get_frame(request: web.Request) -> web.StreamResponse:
@@ -283,7 +264,7 @@ def create_farm_app(settings: FarmSettings) -> web.Application:
     app.router.add_get("/job/{job_id}", get_job, name="job")
     app.router.add_get("/status/{job_id}", get_job)
     app.router.add_delete("/job/{job_id}", delete_job)
-    app.router.add_get("/jobs", list_jobs)
+    app.router.add_get("/jobs", api.list_jobs)
     app.router.add_get("/job/{job_id}/frames/{frame}", get_frame)
     app.router.add_get("/nodes", list_nodes)
     app.router.add_post("/nodes", add_node)
