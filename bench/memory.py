@@ -14,7 +14,7 @@ import time
 
 import aiohttp
 from _node import Node, http_json
-from progress_latency import RawSubscriber
+from progress_latency import RawSubscriber, connect_subscribers
 
 GOAL_MB = 100.0
 
@@ -48,15 +48,7 @@ async def fill_history(node: Node, jobs: int) -> None:
 
 
 async def hold_subscribers(node: Node, count: int) -> list[RawSubscriber]:
-    loop = asyncio.get_running_loop()
-    clients = []
-    for _ in range(count):
-        _, protocol = await loop.create_connection(
-            lambda: RawSubscriber("127.0.0.1", node.port), "127.0.0.1", node.port
-        )
-        clients.append(protocol)
-    while sum(1 for c in clients if c.chunks) < count:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    clients = await connect_subscribers(node, count)
     # One job's events go out to everyone while they are connected.
     http_json("POST", node.url + "/job", {"from": 1, "to": 5})
     await asyncio.sleep(3)

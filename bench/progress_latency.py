@@ -82,18 +82,23 @@ class RawSubscriber(asyncio.Protocol):
         return out
 
 
-async def run(node: Node, subscribers: int, frames: int, stamps: Path) -> dict[str, list[float]]:
+async def connect_subscribers(node: Node, count: int) -> list[RawSubscriber]:
+    """``count`` raw subscribers on /ws, returned once every handshake is answered and its snapshot sent."""
     loop = asyncio.get_running_loop()
     clients = []
-    for _ in range(subscribers):
+    for _ in range(count):
         _, protocol = await loop.create_connection(
             lambda: RawSubscriber("127.0.0.1", node.port), "127.0.0.1", node.port
         )
         clients.append(protocol)
+    while sum(1 for c in clients if c.chunks) < count:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    return clients
+
+
+async def run(node: Node, subscribers: int, frames: int, stamps: Path) -> dict[str, list[float]]:
+    clients = await connect_subscribers(node, subscribers)
     async with aiohttp.ClientSession() as session:
-        # Wait until every handshake is answered and its snapshot sent.
-        while sum(1 for c in clients if c.chunks) < subscribers:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
         async with session.post(node.url + "/job", json={"from": 1, "to": frames}) as response:
             assert response.status == 202, await response.text()
             job = await response.json()

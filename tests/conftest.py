@@ -60,13 +60,15 @@ def demo_scene(tmp_path_factory: pytest.TempPathFactory, real_blender: str) -> P
     return asyncio.run(build())
 
 
+def stub_scene(data_dir: Path) -> None:
+    """A data dir whose scenes dir holds ``stub.blend``: enough of a scene for the stand-in Blender."""
+    (data_dir / "scenes").mkdir(parents=True, exist_ok=True)
+    (data_dir / "scenes" / "stub.blend").write_bytes(BLEND_HEADER)
+
+
 def make_settings(data_dir: Path, blender: str, **overrides: Any) -> Settings:
     """Settings for a node whose default scene is a stub .blend (enough for the stand-in Blender)."""
-    scenes = data_dir / "scenes"
-    scenes.mkdir(parents=True, exist_ok=True)
-    stub = scenes / "stub.blend"
-    if not stub.exists():
-        stub.write_bytes(BLEND_HEADER)
+    stub_scene(data_dir)
     values: dict[str, Any] = {"data_dir": data_dir, "blender": blender, "scene": "stub.blend", "stop_grace": 2.0}
     values.update(overrides)
     return Settings(**values)

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from conftest import REPO, NodeProcess
+from conftest import REPO, NodeProcess, stub_scene
 
 from rendernode.cli import ProgressPrinter, _follow
 from rendernode.client import NodeClient
@@ -22,11 +22,6 @@ from rendernode.client import NodeClient
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rendernode", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=180, env=env)
-
-
-def stub_scene(data: Path) -> None:
-    (data / "scenes").mkdir(parents=True, exist_ok=True)
-    (data / "scenes" / "stub.blend").write_bytes(b"BLENDER-v304")
 
 
 def test_submit_follow_renders_real_frames(

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import NodeProcess, eventually, wait_terminal
+from conftest import NodeProcess, eventually, stub_scene, wait_terminal
 from test_e2e_blender import DEMO_SIZE, png_size
 
 from rendernode.farm.app import FarmSettings, create_farm_app, read_nodes_file
@@ -33,8 +33,7 @@ def start_nodes(
         data = tmp_path / f"node{index}"
         extra: list[str] = []
         if scene is None:
-            (data / "scenes").mkdir(parents=True, exist_ok=True)
-            (data / "scenes" / "stub.blend").write_bytes(b"BLENDER-v304")
+            stub_scene(data)
             extra = ["--scene", "stub.blend"]
         else:
             extra = ["--scene", scene]

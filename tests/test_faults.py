@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import NodeFactory, NodeProcess, eventually, wait_terminal
+from conftest import NodeFactory, NodeProcess, eventually, stub_scene, wait_terminal
 
 from rendernode import app as app_module
 
@@ -162,8 +162,7 @@ def test_binding_beyond_loopback_without_a_token_warns_loudly(
     tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]
 ) -> None:
     data = tmp_path / "data"
-    (data / "scenes").mkdir(parents=True)
-    (data / "scenes" / "stub.blend").write_bytes(b"BLENDER-v304")
+    stub_scene(data)
     exposed = NodeProcess(data, fake_blender, None, "--scene", "stub.blend", "--host", "0.0.0.0")
     node_processes.append(exposed)
     exposed.wait_ready()

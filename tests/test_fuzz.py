@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from conftest import BLEND_HEADER, REPO, NodeProcess, free_port
+from conftest import REPO, NodeProcess, free_port, stub_scene
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
@@ -36,8 +36,7 @@ EXAMPLES = 25
 @pytest.fixture
 def fuzz_node(tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]) -> NodeProcess:
     data = tmp_path / "node"
-    (data / "scenes").mkdir(parents=True)
-    (data / "scenes" / "stub.blend").write_bytes(BLEND_HEADER)
+    stub_scene(data)
     node = NodeProcess(data, fake_blender, {"FAKE_BLENDER_FRAME_SECONDS": "0.01"}, "--scene", "stub.blend",
                        "--max-frames", "50")
     node_processes.append(node)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from conftest import BLEND_HEADER, REPO, NodeProcess, wait_terminal
+from conftest import BLEND_HEADER, REPO, NodeProcess, stub_scene, wait_terminal
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
@@ -110,8 +110,7 @@ async def test_the_farm_routes_are_documented_and_answer_as_documented(
     aiohttp_client: Any, tmp_path: Any, fake_blender: str, node_processes: list[NodeProcess]
 ) -> None:
     data = tmp_path / "node"
-    (data / "scenes").mkdir(parents=True)
-    (data / "scenes" / "stub.blend").write_bytes(BLEND_HEADER)
+    stub_scene(data)
     node = NodeProcess(data, fake_blender, None, "--scene", "stub.blend")
     node_processes.append(node)
     node.wait_ready()

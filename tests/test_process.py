@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import NodeProcess, pid_alive
+from conftest import NodeProcess, pid_alive, stub_scene
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
@@ -37,9 +37,13 @@ def running_pid(node: NodeProcess, job_id: str) -> int | None:
     return body["pid"] if body["status"] == "running" and body["frames"]["done"] >= 1 else None
 
 
-def stub_scene(data: Path) -> None:
-    (data / "scenes").mkdir(parents=True, exist_ok=True)
-    (data / "scenes" / "stub.blend").write_bytes(b"BLENDER-v304")
+def wait_finished(node: NodeProcess, job_id: str) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        code, body = http("GET", f"{node.url}/job/{job_id}")
+        return body if code == 200 else None
+
+    result: dict[str, Any] = wait_until(finished)
+    return result
 
 
 def test_sigterm_stops_blender_and_the_job_resumes_after_restart(
@@ -61,11 +65,7 @@ def test_sigterm_stops_blender_and_the_job_resumes_after_restart(
     node_processes.append(again)
     again.wait_ready()
 
-    def finished() -> dict[str, Any] | None:
-        code, body = http("GET", f"{again.url}/job/{job['id']}")
-        return body if code == 200 else None
-
-    done = wait_until(finished)
+    done = wait_finished(again, job["id"])
     assert done["status"] == "completed"
     assert [r["frame"] for r in done["results"]] == list(range(1, 11))
     again.stop()
@@ -91,11 +91,7 @@ def test_sigkill_of_the_node_leaves_no_blender_after_restart(
     again.wait_ready()
     wait_until(lambda: not pid_alive(pid), timeout=10)
 
-    def finished() -> dict[str, Any] | None:
-        code, body = http("GET", f"{again.url}/job/{job['id']}")
-        return body if code == 200 else None
-
-    done = wait_until(finished)
+    done = wait_finished(again, job["id"])
     assert done["status"] == "completed"
     assert done["frames"]["done"] == 30
     again.stop()
