@@ -266,11 +266,22 @@ async def test_a_node_that_comes_back_rejoins_and_its_abandoned_chunk_is_cancell
     done = await wait_terminal(farm, job["id"], timeout=60)
     assert done["status"] == "completed"
     assert_every_frame_once(done, tmp_path / "farm", 1, 20)
-    async with aiohttp.ClientSession() as session, session.get(back.url + "/jobs") as answer:
-        node_jobs = (await answer.json())["jobs"]
+
+    async def node_jobs() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session, session.get(back.url + "/jobs") as answer:
+            jobs: list[dict[str, Any]] = (await answer.json())["jobs"]
+            return jobs
+
+    # The farm has every frame once the last one is downloaded; the node's Blender may still be exiting.
+    await eventually(lambda: _newest_completed(node_jobs))
+    jobs = await node_jobs()
     # The chunk the farm gave up on was cancelled on the node, not rendered a second time.
-    assert node_jobs[-1]["status"] == "cancelled", node_jobs
-    assert node_jobs[0]["status"] == "completed"
+    assert jobs[-1]["status"] == "cancelled", jobs
+    assert [j["status"] for j in jobs[:-1]] == ["completed"] * (len(jobs) - 1), jobs
+
+
+async def _newest_completed(list_jobs: Callable[[], Awaitable[list[dict[str, Any]]]]) -> bool:
+    return (await list_jobs())[0]["status"] == "completed"
 
 
 def test_a_nodes_file_lists_one_url_per_line(tmp_path: Path) -> None:
