@@ -63,6 +63,10 @@ async def test_demo_scene_renders_real_pngs(blender_node: TestClient, tmp_path: 
     assert await served.read() == files[0].read_bytes()
     for result in done["results"]:
         assert 0 < result["render_seconds"] < 30
+    metrics = await (await blender_node.get("/metrics")).text()
+    assert "rendernode_frames_rendered_total 5.0" in metrics
+    assert "rendernode_frame_render_seconds_count 5.0" in metrics
+    assert 'rendernode_jobs{status="completed"} 1.0' in metrics
 
 
 async def test_eevee_and_workbench_render_too(blender_node: TestClient, tmp_path: Path) -> None:
