@@ -96,14 +96,10 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def node_metrics(store: Store, hub: EventHub, supervisor: Supervisor) -> Metrics:
-    metrics = Metrics()
-    hub.listeners.append(metrics.observe)
-
     async def refresh(m: Metrics) -> None:
         m.set_jobs(await store.counts_by_status())
         m.queue.set(supervisor.queued_count)
         m.running.set(supervisor.running_count)
         m.subscribers.set(hub.subscriber_count)
 
-    metrics.refresh = refresh
-    return metrics
+    return Metrics.following(hub, refresh)

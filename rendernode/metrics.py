@@ -39,6 +39,14 @@ class Metrics:
                                  registry=self.registry)
         self.refresh: Refresher | None = None
 
+    @classmethod
+    def following(cls, hub: Any, refresh: Refresher) -> Metrics:
+        """Metrics that count the hub's events and read their gauges with ``refresh`` at each scrape."""
+        metrics = cls()
+        hub.listeners.append(metrics.observe)
+        metrics.refresh = refresh
+        return metrics
+
     def observe(self, event: dict[str, Any]) -> None:
         if event["type"] == "frame_done":
             self.frames.inc()

@@ -192,6 +192,31 @@ class NodeProcess:
         return code
 
 
+def start_nodes(
+    count: int,
+    tmp_path: Path,
+    blender: str,
+    registry: list[NodeProcess],
+    env: dict[str, str] | None = None,
+    envs: list[dict[str, str]] | None = None,
+    scene: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[NodeProcess]:
+    """``count`` node processes (data dirs node0, node1, ...), ready; a stub scene unless ``scene`` is given."""
+    nodes = []
+    for index in range(count):
+        data = tmp_path / f"node{index}"
+        if scene is None:
+            stub_scene(data)
+        flags = ["--scene", scene or "stub.blend", *extra]
+        node = NodeProcess(data, blender, {**(env or {}), **(envs[index] if envs else {})}, *flags)
+        registry.append(node)
+        nodes.append(node)
+    for node in nodes:
+        node.wait_ready()
+    return nodes
+
+
 @pytest.fixture
 def node_processes() -> Iterator[list[NodeProcess]]:
     started: list[NodeProcess] = []

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import NodeFactory, NodeProcess
+from conftest import NodeFactory, NodeProcess, start_nodes
 from playwright.async_api import Browser, Page, async_playwright, expect
-from test_farm import start_nodes
 
 from rendernode.farm.app import FarmSettings, create_farm_app
 

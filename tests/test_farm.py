@@ -11,38 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import NodeProcess, eventually, stub_scene, wait_terminal
+from conftest import NodeProcess, eventually, start_nodes, wait_terminal
 from test_e2e_blender import DEMO_SIZE, png_size
 
 from rendernode.farm.app import FarmSettings, create_farm_app, read_nodes_file
 
 FarmFactory = Callable[..., Awaitable[TestClient]]
-
-
-def start_nodes(
-    count: int,
-    tmp_path: Path,
-    blender: str,
-    registry: list[NodeProcess],
-    env: dict[str, str] | None = None,
-    envs: list[dict[str, str]] | None = None,
-    scene: str | None = None,
-) -> list[NodeProcess]:
-    nodes = []
-    for index in range(count):
-        data = tmp_path / f"node{index}"
-        extra: list[str] = []
-        if scene is None:
-            stub_scene(data)
-            extra = ["--scene", "stub.blend"]
-        else:
-            extra = ["--scene", scene]
-        node = NodeProcess(data, blender, {**(env or {}), **(envs[index] if envs else {})}, *extra)
-        registry.append(node)
-        nodes.append(node)
-    for node in nodes:
-        node.wait_ready()
-    return nodes
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import NodeProcess, pid_alive, stub_scene
+from conftest import NodeProcess, pid_alive, start_nodes
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
@@ -49,12 +49,9 @@ def wait_finished(node: NodeProcess, job_id: str) -> dict[str, Any]:
 def test_sigterm_stops_blender_and_the_job_resumes_after_restart(
     tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]
 ) -> None:
-    data = tmp_path / "data"
-    stub_scene(data)
     env = {"FAKE_BLENDER_FRAME_SECONDS": "0.4"}
-    node = NodeProcess(data, fake_blender, env, "--scene", "stub.blend")
-    node_processes.append(node)
-    node.wait_ready()
+    (node,) = start_nodes(1, tmp_path, fake_blender, node_processes, env)
+    data = node.data_dir
     status, job = http("POST", f"{node.url}/job", {"from": 1, "to": 10})
     assert status == 202
     pid = wait_until(lambda: running_pid(node, job["id"]))
@@ -74,12 +71,8 @@ def test_sigterm_stops_blender_and_the_job_resumes_after_restart(
 def test_sigkill_of_the_node_leaves_no_blender_after_restart(
     tmp_path: Path, fake_blender: str, node_processes: list[NodeProcess]
 ) -> None:
-    data = tmp_path / "data"
-    stub_scene(data)
-    env = {"FAKE_BLENDER_FRAME_SECONDS": "0.4"}
-    node = NodeProcess(data, fake_blender, env, "--scene", "stub.blend")
-    node_processes.append(node)
-    node.wait_ready()
+    (node,) = start_nodes(1, tmp_path, fake_blender, node_processes, {"FAKE_BLENDER_FRAME_SECONDS": "0.4"})
+    data = node.data_dir
     _, job = http("POST", f"{node.url}/job", {"from": 1, "to": 30})
     pid = wait_until(lambda: running_pid(node, job["id"]))
     node.stop(signal.SIGKILL)

@@ -281,9 +281,6 @@ def create_farm_app(settings: FarmSettings) -> web.Application:
 
 
 def farm_metrics(store: FarmStore, hub: EventHub, scheduler: FarmScheduler) -> Metrics:
-    metrics = Metrics()
-    hub.listeners.append(metrics.observe)
-
     async def refresh(m: Metrics) -> None:
         m.set_jobs(await store.farm_counts_by_status())
         m.queue.set(sum(len(s.pending()) for s in scheduler.jobs.values()))
@@ -297,8 +294,7 @@ def farm_metrics(store: FarmStore, hub: EventHub, scheduler: FarmScheduler) -> M
             for status in ("done", "failed", "cancelled", "running"):
                 m.node_chunks.labels(node.id, status).set(numbers.get(f"chunks_{status}", 0))
 
-    metrics.refresh = refresh
-    return metrics
+    return Metrics.following(hub, refresh)
 
 
 def run_farm(settings: FarmSettings) -> None:
