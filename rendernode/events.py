@@ -175,11 +175,6 @@ class EventHub:
         sub.end(EVICTED)
         self.evictions += 1
 
-    def close_all(self) -> None:
-        for sub in list(self._all) + [s for subs in self._by_job.values() for s in subs]:
-            self.unsubscribe(sub)
-            sub.end(CLOSED)
-
     @property
     def subscriber_count(self) -> int:
         return len(self._all) + sum(len(s) for s in self._by_job.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 # Blender's own frame limits (MINAFRAME/MAXFRAME); negative frames are left out on purpose.
 MAX_FRAME_NUMBER = 1048574
@@ -108,6 +108,32 @@ class JobSpec:
     @property
     def extension(self) -> str:
         return FORMATS[self.format]
+
+
+class QueuedJob(Protocol):
+    """What a node's and the farm's job records share: enough to announce a new job."""
+
+    @property
+    def frame_from(self) -> int: ...
+    @property
+    def frame_to(self) -> int: ...
+    @property
+    def scene(self) -> str | None: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+
+
+def queued_event(job: QueuedJob) -> dict[str, Any]:
+    """The ``job_queued`` event's fields, the same on a node and on the farm."""
+    total = job.frame_to - job.frame_from + 1
+    return {
+        "frames": {"from": job.frame_from, "to": job.frame_to, "total": total},
+        "scene": job.scene,
+        "engine": job.engine,
+        "format": job.format,
+    }
 
 
 def _frame(body: dict[str, Any], name: str) -> int:

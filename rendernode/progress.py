@@ -260,7 +260,6 @@ class FrameTracker:
     current_started: float | None = None
     current_status: str = ""
     last_error: str | None = None
-    warnings: int = 0
     _pending_save: tuple[int, str, float] | None = None
     _last_progress_at: float = float("-inf")
     _remaining_frames: list[int] = field(default_factory=list)
@@ -355,7 +354,6 @@ class FrameTracker:
         elif isinstance(parsed, BlenderError):
             self.last_error = parsed.message
         elif isinstance(parsed, BlenderWarning):
-            self.warnings += 1
             events.append({"type": "warning", "message": parsed.message})
         return events
 

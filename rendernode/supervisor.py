@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from rendernode import blender
 from rendernode.blender import BlenderInfo
 from rendernode.config import Settings
 from rendernode.events import EventHub
-from rendernode.jobs import Conflict, JobSpec, JobStatus, NotFound, QueueFull
+from rendernode.jobs import Conflict, JobSpec, JobStatus, NotFound, QueueFull, queued_event
 from rendernode.progress import FrameTracker, LineSplitter, parse_line
 from rendernode.scenes import SceneLibrary
 from rendernode.store import JobRecord, Store
@@ -46,7 +46,6 @@ class Run:
     tracker: FrameTracker | None = None
     proc: asyncio.subprocess.Process | None = None
     cancel_requested: bool = False
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -91,9 +90,6 @@ class Supervisor:
     @property
     def queued_count(self) -> int:
         return len(self._queue)
-
-    def run_of(self, job_id: str) -> Run | None:
-        return self._runs.get(job_id)
 
     def queue_position(self, job_id: str) -> int | None:
         try:
@@ -149,15 +145,7 @@ class Supervisor:
         finally:
             self._reserved -= 1
         self._queue.append(job.id)
-        self.hub.publish(
-            job.id,
-            "job_queued",
-            frames={"from": job.frame_from, "to": job.frame_to, "total": len(job.frames)},
-            scene=job.scene,
-            engine=job.engine,
-            format=job.format,
-            position=len(self._queue),
-        )
+        self.hub.publish(job.id, "job_queued", **queued_event(job), position=len(self._queue))
         self._pump()
         return job
 
@@ -326,9 +314,7 @@ class Supervisor:
             if kind == "frame_done":
                 path = event.pop("path")
                 if not path or not Path(path).is_file():
-                    # Blender said it saved a frame we cannot find; do not count it.
-                    assert event["frame"] is not None
-                    continue
+                    continue  # Blender said it saved a frame we cannot find; do not count it
                 await self.store.add_frame(job_id, event["frame"], path, event["render_seconds"])
                 self._recent_frame_seconds.append(event["render_seconds"])
                 event["url"] = frame_url(job_id, event["frame"])

@@ -24,7 +24,16 @@ import aiohttp
 from rendernode.events import EventHub
 from rendernode.farm.nodes import FrameDownloadError, NodeLink, NodeLost
 from rendernode.farm.store import Chunk, FarmFrame, FarmJob, FarmStore
-from rendernode.jobs import FORMATS, Conflict, InvalidRequest, JobSpec, JobStatus, NotFound, validate_scene_name
+from rendernode.jobs import (
+    FORMATS,
+    Conflict,
+    InvalidRequest,
+    JobSpec,
+    JobStatus,
+    NotFound,
+    queued_event,
+    validate_scene_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +247,7 @@ class FarmScheduler:
         size = self.chunk_size
         job = await self.store.create_farm_job(spec, scene, scene_path, scene_sha, size)
         self.jobs[job.id] = JobState(job)
-        self.hub.publish(
-            job.id,
-            "job_queued",
-            frames={"from": job.frame_from, "to": job.frame_to, "total": len(job.frames)},
-            scene=job.scene,
-            engine=job.engine,
-            format=job.format,
-            chunk_size=size,
-        )
+        self.hub.publish(job.id, "job_queued", **queued_event(job), chunk_size=size)
         self.wake()
         return job
 
